@@ -1,0 +1,5 @@
+import sys
+
+from negalora.cli import main
+
+sys.exit(main())

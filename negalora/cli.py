@@ -1,0 +1,349 @@
+"""The command line: the GUI's twin, for scripts, remote workstations and tests.
+
+Exit codes: 0 success, 2 bad usage or bad input (one-line reason on stderr), 1 unexpected failure.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from negalora import __version__
+from negalora.errors import NegaloraError
+
+DEFAULT_MODEL = "demo"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", metavar="DIR", help="data directory (default: $NEGALORA_HOME or the user-data folder)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+
+    parser = argparse.ArgumentParser(
+        prog="negalora",
+        description="Generate SDXL images, reject the bad ones, train a 'wrong' LoRA from them.",
+    )
+    parser.add_argument("--version", action="version", version=f"negalora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="generate images into the store")
+    g.add_argument(
+        "prompt", nargs="+", help="one or more prompts (Compel syntax: (word)++, (word)1.3, .blend(), .and())"
+    )
+    g.add_argument("--negative", default="", metavar="N", help="negative prompt")
+    g.add_argument(
+        "--seed", type=int, metavar="S", help="first seed; image k gets seed S+k (default: random, always stored)"
+    )
+    g.add_argument("--count", type=int, default=1, metavar="K", help="images per prompt (default 1)")
+    g.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
+    g.add_argument("--guidance", type=float, default=7.0, metavar="G", help="CFG scale (default 7)")
+    g.add_argument("--size", metavar="WxH", help="image size, multiples of 8 (default: the model's native size)")
+    g.add_argument(
+        "--scheduler",
+        default=DEFAULT_SCHEDULER,
+        metavar="NAME",
+        help=f"sampler: {', '.join(SCHEDULERS)} (default {DEFAULT_SCHEDULER})",
+    )
+    g.add_argument(
+        "--model",
+        metavar="M",
+        help="demo, a diffusers folder, an SDXL .safetensors file or a hub id "
+        "(default: $NEGALORA_MODEL, the home's settings, else demo)",
+    )
+    g.add_argument("--vae", metavar="PATH", help="a VAE folder or .safetensors file (an fp16-fix VAE runs in fp16)")
+    g.add_argument("--refiner", metavar="PATH", help="an SDXL refiner folder or .safetensors file")
+    g.add_argument(
+        "--refiner-switch",
+        type=float,
+        default=0.8,
+        metavar="F",
+        help="hand off to the refiner at this fraction (default 0.8)",
+    )
+    g.add_argument("--lora", metavar="FILE", help="a LoRA .safetensors file (kohya or diffusers format)")
+    g.add_argument("--lora-scale", type=float, default=1.0, metavar="X", help="LoRA strength (default 1)")
+    g.add_argument("--device", metavar="D", help="cpu, cuda or mps (default: the best available)")
+    _add_common(g)
+
+    r = sub.add_parser("rate", help="reject, pick or clear images")
+    r.add_argument("image_id", nargs="+", type=int, metavar="IMAGE_ID")
+    r.add_argument("verdict", choices=["reject", "pick", "clear"])
+    r.add_argument("--reason", action="append", default=[], metavar="R", help="a reason tag (repeatable), e.g. hands")
+    _add_common(r)
+
+    i = sub.add_parser("import", help="import image files or folders into the store")
+    i.add_argument("path", nargs="+", type=Path)
+    i.add_argument("--reject", action="store_true", help="mark the imported images rejected")
+    i.add_argument("--reason", action="append", default=[], metavar="R", help="reason tag for --reject (repeatable)")
+    _add_common(i)
+
+    lst = sub.add_parser("list", help="list images, runs or models")
+    lst.add_argument("what", choices=["images", "runs", "models"])
+    lst.add_argument("--rating", choices=["reject", "pick", "unrated"], help="only images with this rating")
+    lst.add_argument("--search", metavar="TEXT", help="only images whose prompt contains TEXT")
+    lst.add_argument("--limit", type=int, metavar="N")
+    _add_common(lst)
+
+    rg = sub.add_parser("regenerate", help="make a stored image again from its recipe and check the pixels")
+    rg.add_argument("image_id", type=int, metavar="IMAGE_ID")
+    rg.add_argument("--device", metavar="D", help="cpu, cuda or mps")
+    _add_common(rg)
+    return parser
+
+
+def _parse_size(text: str | None) -> tuple[int | None, int | None]:
+    if not text:
+        return None, None
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise NegaloraError(f"size {text!r}: expected WxH, e.g. 1024x1024") from None
+
+
+def _emit(args, payload: dict, lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _model_spec(args, home) -> str:
+    return args.model or os.environ.get("NEGALORA_MODEL") or home.settings().get("model") or DEFAULT_MODEL
+
+
+def cmd_generate(args) -> int:
+    from negalora.generate import GenerateRequest, check_request
+
+    width, height = _parse_size(args.size)
+    request = GenerateRequest(
+        prompts=tuple(args.prompt),
+        negative=args.negative,
+        count=args.count,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        width=width,
+        height=height,
+        scheduler=args.scheduler,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+        refiner_switch=args.refiner_switch,
+    )
+    check_request(request)  # before anything is loaded or written
+
+    from negalora.cancel import CancelToken
+    from negalora.device import choose_placement
+    from negalora.generate import Generator, generate_to_store
+    from negalora.hashing import HashCache
+    from negalora.home import resolve_home
+    from negalora.models.loader import load_model
+    from negalora.store import Store
+
+    home = resolve_home(args.home)
+    placement = choose_placement(args.device)
+    model = load_model(_model_spec(args, home), home, placement, vae=args.vae, refiner=args.refiner)
+    generator = Generator(model, HashCache(home.cache / "hashes.json"))
+    generator.plan(request)  # model-dependent checks (size, LoRA file) before the store is touched
+    store = Store(home)
+    bar = None
+    if not args.json and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(args.prompt) * args.count, unit="img", file=sys.stderr)
+    cancel = CancelToken()
+    results = []
+
+    def on_image(stored, recipe):
+        results.append((stored, recipe))
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        generate_to_store(generator, store, request, cancel=cancel, on_image=on_image)
+    except KeyboardInterrupt:
+        cancel.cancel()
+        print(f"negalora: cancelled; {len(results)} image(s) kept", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+        store.close()
+    images = [
+        {
+            "id": s.id,
+            "path": str(s.path),
+            "sha256": s.sha256,
+            "duplicate": s.duplicate,
+            "prompt": r.prompt,
+            "negative": r.negative,
+            "seed": r.seed,
+            "steps": r.steps,
+            "guidance": r.guidance,
+            "size": f"{r.width}x{r.height}",
+            "scheduler": r.scheduler,
+            "model": r.model,
+        }
+        for s, r in results
+    ]
+    _emit(
+        args,
+        {"model": model.name, "device": placement.label, "images": images},
+        [f"#{im['id']}  seed {im['seed']}  {im['path']}" for im in images],
+    )
+    return 0
+
+
+def cmd_rate(args) -> int:
+    from negalora.home import resolve_home
+    from negalora.store import Store
+
+    verdict = None if args.verdict == "clear" else args.verdict
+    store = Store(resolve_home(args.home))
+    try:
+        store.rate(args.image_id, verdict, args.reason)
+        counts = store.counts()
+    finally:
+        store.close()
+    _emit(
+        args,
+        {"rated": args.image_id, "verdict": args.verdict, "reasons": sorted(set(args.reason)), "counts": counts},
+        [
+            f"{args.verdict}: {', '.join(f'#{i}' for i in args.image_id)}  "
+            f"({counts['reject']} rejected, {counts['pick']} picked)"
+        ],
+    )
+    return 0
+
+
+def cmd_import(args) -> int:
+    from negalora.home import resolve_home
+    from negalora.importing import import_files
+    from negalora.store import Store
+
+    store = Store(resolve_home(args.home))
+    try:
+        done, refused = import_files(store, args.path, reject=args.reject, reasons=tuple(args.reason))
+    finally:
+        store.close()
+    for r in refused:
+        print(f"negalora: refused {r.path}: {r.reason}", file=sys.stderr)
+    _emit(
+        args,
+        {
+            "imported": [{"id": d.id, "path": str(d.path), "sha256": d.sha256, "duplicate": d.duplicate} for d in done],
+            "refused": [{"path": str(r.path), "reason": r.reason} for r in refused],
+        },
+        [f"#{d.id}  {d.path}" + ("  (already in the store)" if d.duplicate else "") for d in done],
+    )
+    if refused and not done:
+        return 2
+    return 0
+
+
+def cmd_list(args) -> int:
+    from negalora.home import resolve_home
+    from negalora.store import Store
+
+    store = Store(resolve_home(args.home))
+    try:
+        if args.what == "images":
+            rows = store.images(args.rating, args.search, args.limit)
+            lines = [
+                f"#{r['id']:<6} {r['verdict'] or '-':7} {r['source']:9} "
+                f"seed {r['seed'] if r['seed'] is not None else '-':<10} "
+                f"{(r['prompt'] or r['original_name'])[:60]}"
+                for r in rows
+            ]
+        elif args.what == "models":
+            rows = store.models()
+            lines = [f"#{r['id']:<4} {r['name']:24} {r['source']:7} {r['hash'][:10]}  {r['location']}" for r in rows]
+        else:
+            rows = []  # training runs arrive with the trainer
+            lines = []
+    finally:
+        store.close()
+    _emit(args, {args.what: rows}, lines or [f"no {args.what}"])
+    return 0
+
+
+def cmd_regenerate(args) -> int:
+    from negalora.device import choose_placement
+    from negalora.generate import Generator
+    from negalora.hashing import HashCache
+    from negalora.home import resolve_home
+    from negalora.models.loader import load_model
+    from negalora.pngmeta import png_bytes
+    from negalora.store import Store
+
+    home = resolve_home(args.home)
+    store = Store(home)
+    try:
+        recipe = store.recipe(args.image_id)
+        if recipe is None:
+            raise NegaloraError(f"image {args.image_id}: has no recipe (imported, or no such image)")
+        original = store.image(args.image_id)
+        model = load_model(
+            recipe.model_location, home, choose_placement(args.device), refiner=recipe.refiner_location or None
+        )
+        generator = Generator(model, HashCache(home.cache / "hashes.json"))
+        image = generator.render(recipe)
+        stored = store.add_generated(
+            recipe, store.ensure_model(model.name, model.source, model.location, model.sha256), png_bytes(image, recipe)
+        )
+    finally:
+        store.close()
+    identical = stored.sha256 == original["sha256"]
+    _emit(
+        args,
+        {"id": stored.id, "path": str(stored.path), "identical": identical, "original_id": args.image_id},
+        [
+            f"#{stored.id}  {stored.path}  "
+            + ("(identical pixels)" if identical else f"(not #{args.image_id}'s pixels)")
+        ],
+    )
+    return 0
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "rate": cmd_rate,
+    "import": cmd_import,
+    "list": cmd_list,
+    "regenerate": cmd_regenerate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except NegaloraError as exc:
+        print(f"negalora: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("negalora: cancelled", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if os.environ.get("NEGALORA_DEBUG"):
+            traceback.print_exc()
+        print(f"negalora: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

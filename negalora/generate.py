@@ -1,0 +1,311 @@
+"""Generation: a batch request becomes recipes (one per image, seeds assigned), each recipe is
+rendered with Compel conditioning, and finished images go into the store.
+
+Progress is reported per step through a callback; a cancel token is checked after every step and
+a cancelled image is thrown away (the pipeline is stopped before it decodes anything).
+"""
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from negalora.cancel import CancelToken
+from negalora.errors import Cancelled, NegaloraError
+from negalora.hashing import HashCache
+from negalora.models import checkpoint_kind as ck
+from negalora.models.loader import LoadedModel
+from negalora.pngmeta import png_bytes
+from negalora.prompts import Conditioner, RefinerConditioner, check_prompt
+from negalora.recipe import Recipe
+from negalora.schedulers import DEFAULT_SCHEDULER, canonical_name, make_scheduler
+from negalora.store import Store
+from negalora.store.db import StoredImage
+
+MAX_SEED = 2**32 - 1
+MAX_SIDE = 4096
+LORA_ADAPTER = "negalora_lora"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompts: tuple[str, ...]
+    negative: str = ""
+    count: int = 1  # images per prompt
+    seed: int | None = None  # first seed; None draws a random one (always recorded)
+    steps: int = 25
+    guidance: float = 7.0
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    lora: str | None = None
+    lora_scale: float = 1.0
+    use_refiner: bool = True  # when the model has one
+    refiner_switch: float = 0.8
+
+
+def check_size(width: int, height: int) -> None:
+    for side in (width, height):
+        if side % 8 or side < 8 or side > MAX_SIDE:
+            raise NegaloraError(f"size {width}x{height}: each side must be a multiple of 8 between 8 and {MAX_SIDE}")
+
+
+def check_request(request: GenerateRequest) -> None:
+    """Everything about a request that can be checked before a model is loaded."""
+    if not request.prompts or not any(p.strip() for p in request.prompts):
+        raise NegaloraError("no prompt given")
+    if request.count < 1:
+        raise NegaloraError(f"count {request.count}: must be at least 1")
+    if request.steps < 1 or request.steps > 1000:
+        raise NegaloraError(f"steps {request.steps}: must be between 1 and 1000")
+    if not (0 <= request.guidance <= 50):
+        raise NegaloraError(f"guidance {request.guidance}: must be between 0 and 50")
+    if request.width is not None or request.height is not None:
+        check_size(request.width or request.height, request.height or request.width)
+    if not (0 < request.refiner_switch < 1):
+        raise NegaloraError(f"refiner switch {request.refiner_switch}: must be between 0 and 1")
+    if request.seed is not None and not (0 <= request.seed <= MAX_SEED):
+        raise NegaloraError(f"seed {request.seed}: must be between 0 and {MAX_SEED}")
+    for p in (*request.prompts, request.negative):
+        check_prompt(p)
+    canonical_name(request.scheduler)
+
+
+@dataclass(frozen=True)
+class Progress:
+    image_index: int  # 0-based index in the batch
+    image_total: int
+    step: int  # steps finished for this image
+    steps: int
+
+
+@dataclass
+class _LoraState:
+    path: str = ""
+    sha256: str = ""
+
+
+@dataclass
+class Generator:
+    """Renders recipes on one loaded model. Not thread-safe: one job at a time."""
+
+    model: LoadedModel
+    hashes: HashCache | None = None
+    _conditioner: Conditioner | None = field(default=None, init=False)
+    _refiner_conditioner: RefinerConditioner | None = field(default=None, init=False)
+    _lora: _LoraState = field(default_factory=_LoraState, init=False)
+    _schedulers: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self):
+        self._conditioner = Conditioner(self.model.pipe)
+        if self.model.refiner is not None:
+            self._refiner_conditioner = RefinerConditioner(self.model.refiner)
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self, request: GenerateRequest) -> list[Recipe]:
+        """Validate a request and expand it into one recipe per image (prompt-major, seed, seed+1, …)."""
+        check_request(request)
+        width = request.width or self.model.native_size
+        height = request.height or self.model.native_size
+        check_size(width, height)
+        scheduler = canonical_name(request.scheduler)
+        lora_fields = self._lora_fields(request)
+        refiner_fields = {}
+        if request.use_refiner and self.model.refiner is not None:
+            refiner_fields = {
+                "refiner": self.model.refiner_name,
+                "refiner_hash": self.model.refiner_sha256,
+                "refiner_location": self.model.refiner_location,
+                "refiner_switch": request.refiner_switch,
+            }
+        total = len(request.prompts) * request.count
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 2 - total)
+        recipes = []
+        for i, prompt in enumerate(p for p in request.prompts for _ in range(request.count)):
+            recipes.append(
+                Recipe(
+                    prompt=prompt,
+                    negative=request.negative,
+                    seed=(seed + i) % (MAX_SEED + 1),
+                    steps=request.steps,
+                    guidance=float(request.guidance),
+                    width=width,
+                    height=height,
+                    scheduler=scheduler,
+                    model=self.model.name,
+                    model_hash=self.model.sha256,
+                    model_location=self.model.location,
+                    noise_device="cpu",
+                    **lora_fields,
+                    **refiner_fields,
+                )
+            )
+        return recipes
+
+    def _lora_fields(self, request: GenerateRequest) -> dict:
+        if not request.lora:
+            return {}
+        path = Path(request.lora).expanduser()
+        if not path.is_file():
+            raise NegaloraError(f"{path}: no such LoRA file")
+        kind = ck.checkpoint_kind(path)
+        if kind != ck.LORA:
+            raise NegaloraError(f"{path}: {ck.DESCRIPTIONS.get(kind, kind).split(' (')[0]}, not a LoRA")
+        sha = (self.hashes.get if self.hashes else _plain_hash)(path, skip_safetensors_header=True)
+        return {
+            "lora": path.stem,
+            "lora_path": str(path.resolve()),
+            "lora_hash": sha,
+            "lora_scale": float(request.lora_scale),
+        }
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def _scheduler(self, name: str):
+        if name not in self._schedulers:
+            self._schedulers[name] = make_scheduler(name, self.model.scheduler_config)
+        return self._schedulers[name]
+
+    def _apply_lora(self, recipe: Recipe) -> None:
+        pipe = self.model.pipe
+        if not recipe.lora_path:
+            if self._lora.sha256:
+                pipe.unload_lora_weights()
+                self._lora = _LoraState()
+            return
+        if self._lora.sha256 != recipe.lora_hash:
+            if self._lora.sha256:
+                pipe.unload_lora_weights()
+                self._lora = _LoraState()
+            try:
+                pipe.load_lora_weights(recipe.lora_path, adapter_name=LORA_ADAPTER)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise NegaloraError(
+                    f"{recipe.lora_path}: does not fit this model ({str(exc).splitlines()[0]})"
+                ) from exc
+            self._lora = _LoraState(recipe.lora_path, recipe.lora_hash)
+        pipe.set_adapters([LORA_ADAPTER], adapter_weights=[recipe.lora_scale])
+
+    @torch.no_grad()
+    def render(
+        self,
+        recipe: Recipe,
+        on_step: Callable[[int], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Image.Image:
+        """Make the image of one recipe; raises Cancelled (and makes nothing) when cancelled."""
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        pipe = self.model.pipe
+        pipe.scheduler = self._scheduler(recipe.scheduler)
+        self._apply_lora(recipe)
+        cond = self._conditioner.encode(recipe.prompt, recipe.negative)
+        done = 0
+
+        def step_end(_pipe, _i, _t, kwargs):
+            nonlocal done
+            done += 1
+            if on_step is not None:
+                on_step(done)
+            if cancel is not None:
+                cancel.raise_if_cancelled()  # stops before the VAE decodes a half-denoised image
+            return kwargs
+
+        use_refiner = bool(recipe.refiner) and self.model.refiner is not None
+        generator = torch.Generator("cpu").manual_seed(recipe.seed)
+        out = pipe(
+            **cond.pipeline_kwargs(),
+            num_inference_steps=recipe.steps,
+            guidance_scale=recipe.guidance,
+            width=recipe.width,
+            height=recipe.height,
+            generator=generator,
+            callback_on_step_end=step_end,
+            denoising_end=recipe.refiner_switch if use_refiner else None,
+            output_type="latent" if use_refiner else "np",
+        ).images
+        if use_refiner:
+            refiner = self.model.refiner
+            refiner.scheduler = make_scheduler(recipe.scheduler, dict(refiner.scheduler.config))
+            rcond = self._refiner_conditioner.encode(recipe.prompt, recipe.negative)
+            out = refiner(
+                **rcond.pipeline_kwargs(),
+                image=out,
+                num_inference_steps=recipe.steps,
+                denoising_start=recipe.refiner_switch,
+                guidance_scale=recipe.guidance,
+                generator=generator,
+                callback_on_step_end=step_end,
+                output_type="np",
+            ).images
+        array = np.asarray(out[0])
+        if not np.isfinite(array).all():
+            raise NegaloraError(
+                "the model produced NaN pixels (an fp16 VAE overflow?); try --device cpu or an fp16-fix VAE"
+            )
+        return Image.fromarray((array.clip(0, 1) * 255).round().astype(np.uint8))
+
+    def run(
+        self,
+        request: GenerateRequest,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[tuple[Recipe, Image.Image]]:
+        recipes = self.plan(request)
+        total = len(recipes)
+        for index, recipe in enumerate(recipes):
+            if on_progress is not None:
+                on_progress(Progress(index, total, 0, recipe.steps))
+            image = self.render(
+                recipe,
+                on_step=(lambda s, i=index, r=recipe: on_progress(Progress(i, total, min(s, r.steps), r.steps)))
+                if on_progress
+                else None,
+                cancel=cancel,
+            )
+            yield recipe, image
+
+
+def _plain_hash(path: Path, *, skip_safetensors_header: bool = False) -> str:
+    from negalora.hashing import sha256_file
+
+    return sha256_file(path, skip_safetensors_header=skip_safetensors_header)
+
+
+def generate_to_store(
+    generator: Generator,
+    store: Store,
+    request: GenerateRequest,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: CancelToken | None = None,
+    on_image: Callable[[StoredImage, Recipe], None] | None = None,
+) -> list[tuple[StoredImage, Recipe]]:
+    """Generate a batch and store every finished image. A cancel ends the batch early and keeps the
+    images already finished; the caller tells a cancel by its token."""
+    model = generator.model
+    model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
+    done = []
+    try:
+        for recipe, image in generator.run(request, on_progress, cancel):
+            stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
+            done.append((stored, recipe))
+            if on_image is not None:
+                on_image(stored, recipe)
+    except Cancelled:
+        pass
+    return done
+
+
+def regenerate(generator: Generator, recipe: Recipe) -> Image.Image:
+    """Render a stored recipe again, exactly (same model, seed and settings)."""
+    if recipe.model_hash != generator.model.sha256:
+        raise NegaloraError(
+            f"recipe was made with model {recipe.model} ({recipe.model_hash[:10]}); "
+            f"the loaded model is {generator.model.name} ({generator.model.sha256[:10]})"
+        )
+    return generator.render(recipe)

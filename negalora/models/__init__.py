@@ -1,0 +1,1 @@
+"""Loading SDXL pipelines: the demo model, diffusers folders and single-file checkpoints."""

@@ -1,0 +1,192 @@
+"""One loader for every way a user names a model: ``demo``, a diffusers folder, a single SDXL
+``.safetensors`` file (loaded offline with the configs in ``resources/``) or a hub id."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+from negalora.device import Placement
+from negalora.errors import NegaloraError
+from negalora.hashing import HashCache, sha256_bytes
+from negalora.home import Home
+from negalora.models import checkpoint_kind as ck
+from negalora.models.demo import DEMO_NAME, DEMO_SIZE, ensure_demo_folder
+from negalora.models.quiet import quiet_libraries
+from negalora.models.tokenizer import PAD_CLIP_L, PAD_OPENCLIP, clip_tokenizer
+from negalora.resources import SDXL_BASE_CONFIG, SDXL_REFINER_CONFIG
+
+SDXL_SIZE = 1024
+
+quiet_libraries()
+
+
+@dataclass
+class LoadedModel:
+    pipe: StableDiffusionXLPipeline
+    name: str
+    source: str  # demo | folder | file | hub
+    location: str
+    sha256: str
+    native_size: int
+    placement: Placement
+    scheduler_config: dict = field(default_factory=dict)  # the model's own, before any sampler swap
+    refiner: StableDiffusionXLImg2ImgPipeline | None = None
+    refiner_name: str = ""
+    refiner_location: str = ""
+    refiner_sha256: str = ""
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub id is exactly ``owner/name``; anything else the user typed is meant as a path."""
+    return (
+        spec.startswith((".", "/", "~"))
+        or "\\" in spec
+        or spec.count("/") != 1
+        or Path(spec).suffix.lower() in ck.PICKLE_SUFFIXES | {".safetensors"}
+    )
+
+
+def _folder_hash(folder: Path, hashes: HashCache) -> str:
+    """A folder's identity: the sha256 of its UNet weight files' hashes."""
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    if not files:
+        raise NegaloraError(f"{folder}: no unet/*.safetensors weights (pickled .bin weights are not loaded)")
+    return sha256_bytes("".join(hashes.get(f) for f in files).encode())
+
+
+def _check_folder(folder: Path, want: str) -> None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise NegaloraError(f"{folder}: not a diffusers model folder (no model_index.json)")
+    try:
+        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, ValueError) as exc:
+        raise NegaloraError(f"{index}: unreadable ({exc})") from exc
+    if cls != want:
+        raise NegaloraError(f"{folder}: a {cls or 'unknown'} folder; negalora needs a {want}")
+
+
+def _place(pipe, placement: Placement):
+    pipe.to(placement.device)  # the dtype was set at load time
+    if pipe.vae is not None and pipe.vae.dtype != placement.vae_dtype:
+        pipe.vae.to(dtype=placement.vae_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_vae(spec: str, placement: Placement) -> AutoencoderKL:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise NegaloraError(f"{path}: not a diffusers VAE folder (no config.json)")
+        return AutoencoderKL.from_pretrained(str(path), use_safetensors=True, local_files_only=True)
+    if path.is_file():
+        ck.read_safetensors_keys(path)  # refuses pickles and truncated files
+        return AutoencoderKL.from_single_file(
+            str(path), config=str(SDXL_BASE_CONFIG), subfolder="vae", local_files_only=True
+        )
+    raise NegaloraError(f"{spec}: no such VAE file or folder")
+
+
+def load_model(
+    spec: str,
+    home: Home,
+    placement: Placement,
+    *,
+    vae: str | None = None,
+    refiner: str | None = None,
+) -> LoadedModel:
+    """Load an SDXL pipeline from ``spec`` and place it on the chosen device."""
+    hashes = HashCache(home.cache / "hashes.json")
+    dtype = placement.dtype
+    common = {"dtype": dtype}
+    if vae:
+        common["vae"] = _load_vae(vae, placement)
+    if spec == DEMO_NAME:
+        folder = ensure_demo_folder(home.models / DEMO_NAME)
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            str(folder), use_safetensors=True, local_files_only=True, **common
+        )
+        loaded = LoadedModel(pipe, DEMO_NAME, "demo", DEMO_NAME, _folder_hash(folder, hashes), DEMO_SIZE, placement)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            _check_folder(path, "StableDiffusionXLPipeline")
+            sha = _folder_hash(path, hashes)
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                str(path), use_safetensors=True, local_files_only=True, **common
+            )
+            loaded = LoadedModel(pipe, path.name, "folder", str(path.resolve()), sha, _native_size(pipe), placement)
+        elif path.is_file():
+            ck.require_kind(path, ck.SDXL_BASE)
+            sha = hashes.get(path)
+            pipe = StableDiffusionXLPipeline.from_single_file(
+                str(path),
+                config=str(SDXL_BASE_CONFIG),
+                tokenizer=clip_tokenizer(PAD_CLIP_L),
+                tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
+                local_files_only=True,
+                **common,
+            )
+            loaded = LoadedModel(pipe, path.stem, "file", str(path.resolve()), sha, SDXL_SIZE, placement)
+        elif _looks_like_path(spec):
+            raise NegaloraError(f"{spec}: no such model file or folder")
+        else:
+            loaded = _load_hub(spec, common, placement)
+    if vae and not common["vae"].config.get("force_upcast", True):
+        # An fp16-fix VAE (force_upcast false) is safe to run in fp16.
+        placement = Placement(placement.device, placement.dtype, placement.dtype)
+        loaded.placement = placement
+    loaded.scheduler_config = dict(loaded.pipe.scheduler.config)
+    _place(loaded.pipe, loaded.placement)
+    if refiner:
+        _attach_refiner(loaded, refiner, hashes)
+    return loaded
+
+
+def _native_size(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+
+
+def _load_hub(spec: str, common: dict, placement: Placement) -> LoadedModel:
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(spec, use_safetensors=True, **common)
+    except Exception as exc:  # the hub client raises many kinds of network errors
+        raise NegaloraError(
+            f"{spec}: not a local path, and the model hub cannot provide it ({type(exc).__name__})"
+        ) from exc
+    sha = sha256_bytes(f"hub:{spec}:{pipe.config.get('_name_or_path', spec)}".encode())
+    return LoadedModel(pipe, spec.split("/")[-1], "hub", spec, sha, _native_size(pipe), placement)
+
+
+def _attach_refiner(loaded: LoadedModel, spec: str, hashes: HashCache) -> None:
+    """Load an SDXL refiner that shares the base's VAE and second text encoder."""
+    shared = {"vae": loaded.pipe.vae, "dtype": loaded.placement.dtype}
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        _check_folder(path, "StableDiffusionXLImg2ImgPipeline")
+        sha = _folder_hash(path, hashes)
+        ref = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            str(path), use_safetensors=True, local_files_only=True, **shared
+        )
+    elif path.is_file():
+        ck.require_kind(path, ck.SDXL_REFINER)
+        sha = hashes.get(path)
+        ref = StableDiffusionXLImg2ImgPipeline.from_single_file(
+            str(path),
+            config=str(SDXL_REFINER_CONFIG),
+            tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
+            local_files_only=True,
+            **shared,
+        )
+    else:
+        raise NegaloraError(f"{spec}: no such refiner file or folder")
+    ref.to(loaded.placement.device)
+    ref.vae = loaded.pipe.vae  # keep the VAE's safe dtype
+    ref.set_progress_bar_config(disable=True)
+    loaded.refiner = ref
+    loaded.refiner_name = path.stem if path.is_file() else path.name
+    loaded.refiner_location = str(path.resolve())
+    loaded.refiner_sha256 = sha

@@ -1,0 +1,149 @@
+"""Prompt weighting with Compel for SDXL: both text encoders, pooled embeds, no truncation.
+
+Compel accepts malformed prompts silently (an unclosed "(" is read as text), so prompts are
+checked here first and a mistake is reported with the column where it is.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from compel import CompelForSDXL
+
+from negalora.errors import BadPrompt
+
+_OPEN = {"(": ")", "[": "]"}
+_CLOSE = {")": "(", "]": "["}
+
+
+def check_prompt(prompt: str) -> None:
+    """Raise BadPrompt for unbalanced brackets or quotes; backslash escapes a character."""
+    stack: list[tuple[str, int]] = []
+    quote_at: int | None = None
+    i = 0
+    while i < len(prompt):
+        ch = prompt[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == '"':
+            quote_at = None if quote_at is not None else i
+        elif ch in _OPEN:
+            stack.append((ch, i))
+        elif ch in _CLOSE:
+            if not stack:
+                raise BadPrompt(prompt, i, f"unmatched {ch!r}")
+            opener, at = stack.pop()
+            if opener != _CLOSE[ch]:
+                raise BadPrompt(prompt, i, f"{ch!r} closes {opener!r} from column {at + 1}")
+        i += 1
+    if quote_at is not None:
+        raise BadPrompt(prompt, quote_at, "unclosed '\"'")
+    if stack:
+        opener, at = stack[-1]
+        raise BadPrompt(prompt, at, f"unclosed {opener!r}")
+    _check_calls(prompt)
+
+
+def _check_calls(prompt: str) -> None:
+    """``.blend()`` needs one weight per prompt; ``.and()`` / ``.blend()`` need a (…) group before them."""
+    for method in (".blend(", ".and("):
+        start = 0
+        while (at := prompt.find(method, start)) >= 0:
+            start = at + 1
+            if at == 0 or prompt[at - 1] != ")":
+                raise BadPrompt(prompt, at, f'{method[:-1]}() must follow a ("…", "…") group')
+            if method == ".blend(":
+                close = prompt.find(")", at)
+                args = [a for a in prompt[at + len(method) : close].split(",") if a.strip()]
+                group_start = _group_start(prompt, at - 1)
+                n_prompts = prompt[group_start:at].count('"') // 2
+                if args and n_prompts and len(args) != n_prompts:
+                    raise BadPrompt(prompt, at, f".blend() has {len(args)} weights for {n_prompts} prompts")
+                for arg in args:
+                    try:
+                        float(arg)
+                    except ValueError:
+                        raise BadPrompt(prompt, at, f".blend() weight {arg.strip()!r} is not a number") from None
+
+
+def _group_start(prompt: str, close_at: int) -> int:
+    depth = 0
+    for i in range(close_at, -1, -1):
+        if prompt[i] == ")":
+            depth += 1
+        elif prompt[i] == "(":
+            depth -= 1
+            if depth == 0:
+                return i
+    return 0
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything the SDXL UNet needs from the prompts, positive and negative of equal length."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    negative_embeds: torch.Tensor
+    negative_pooled: torch.Tensor
+
+    def pipeline_kwargs(self) -> dict:
+        return {
+            "prompt_embeds": self.embeds,
+            "pooled_prompt_embeds": self.pooled,
+            "negative_prompt_embeds": self.negative_embeds,
+            "negative_pooled_prompt_embeds": self.negative_pooled,
+        }
+
+
+class Conditioner:
+    """Encodes prompts for one SDXL pipeline and remembers recent results."""
+
+    def __init__(self, pipe, cache_size: int = 32):
+        self._pipe = pipe
+        self._compel = CompelForSDXL(pipe, device=pipe.device)
+        self._cache: dict[tuple[str, str], Conditioning] = {}
+        self._cache_size = cache_size
+
+    @torch.no_grad()
+    def encode(self, prompt: str, negative: str = "") -> Conditioning:
+        key = (prompt, negative)
+        if key in self._cache:
+            return self._cache[key]
+        check_prompt(prompt)
+        check_prompt(negative)
+        out = self._compel(prompt, negative_prompt=negative)
+        neg, neg_pooled = out.negative_embeds, out.negative_pooled_embeds
+        if not negative and self._pipe.config.get("force_zeros_for_empty_prompt", False):
+            # As the SDXL pipeline does for an empty negative prompt.
+            neg, neg_pooled = torch.zeros_like(out.embeds), torch.zeros_like(out.pooled_embeds)
+        cond = Conditioning(out.embeds, out.pooled_embeds, neg, neg_pooled)
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = cond
+        return cond
+
+
+class RefinerConditioner:
+    """The SDXL refiner reads only the second text encoder (OpenCLIP bigG)."""
+
+    def __init__(self, refiner):
+        from compel import Compel, ReturnedEmbeddingsType
+
+        self._compel = Compel(
+            tokenizer=refiner.tokenizer_2,
+            text_encoder=refiner.text_encoder_2,
+            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            requires_pooled=True,
+            truncate_long_prompts=False,
+            device=refiner.device,
+        )
+
+    @torch.no_grad()
+    def encode(self, prompt: str, negative: str = "") -> Conditioning:
+        check_prompt(prompt)
+        check_prompt(negative)
+        embeds, pooled = self._compel(prompt)
+        neg, neg_pooled = self._compel(negative)
+        embeds, neg = self._compel.pad_conditioning_tensors_to_same_length([embeds, neg])
+        return Conditioning(embeds, pooled, neg, neg_pooled)

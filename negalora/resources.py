@@ -1,0 +1,8 @@
+"""Paths of the files the project ships in ``resources/``."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "resources"
+CLIP_TOKENIZER = ROOT / "clip_tokenizer"
+SDXL_BASE_CONFIG = ROOT / "sdxl_base"
+SDXL_REFINER_CONFIG = ROOT / "sdxl_refiner"

@@ -1,0 +1,260 @@
+"""The SQLite database (WAL mode, forward migrations) and the operations on it."""
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from negalora.errors import NegaloraError
+from negalora.home import Home
+from negalora.recipe import Recipe
+from negalora.store.files import store_bytes
+from negalora.store.migrations import MIGRATIONS, SCHEMA_VERSION
+
+VERDICTS = ("reject", "pick")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    id: int
+    sha256: str
+    path: Path  # absolute
+    duplicate: bool  # the same pixels were already in the store
+
+
+class Store:
+    def __init__(self, home: Home):
+        self.home = home
+        home.create()
+        try:
+            conn = sqlite3.connect(str(home.db_path), timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:
+            raise NegaloraError(f"{home.db_path}: not a usable negalora database ({exc})") from exc
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=FULL")  # a rating survives a power cut, not only a crash
+        self.db = Database(conn)
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise NegaloraError(
+                f"{self.home.db_path}: schema version {version} is newer than this negalora "
+                f"understands ({SCHEMA_VERSION}); upgrade negalora"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version > 0:
+            self.backup(f"before-v{SCHEMA_VERSION}")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.db.atomic():
+                for statement in _statements(MIGRATIONS[target - 1]):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={target}")
+
+    def backup(self, label: str) -> Path:
+        """Copy the database with SQLite's backup API into <home>/backups/."""
+        self.home.backups.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        target = self.home.backups / f"negalora-{stamp}-{label}.db"
+        dest = sqlite3.connect(str(target))
+        try:
+            self.db.conn.backup(dest)
+        finally:
+            dest.close()
+        return target
+
+    # -- models ---------------------------------------------------------------------------
+
+    def ensure_model(self, name: str, source: str, location: str, sha256: str) -> int:
+        row = self.db.execute("SELECT id FROM models WHERE hash = ?", [sha256]).fetchone()
+        if row:
+            return row[0]
+        with self.db.atomic():
+            return (
+                self.db["models"]
+                .insert({"name": name, "source": source, "location": location, "hash": sha256, "created": now()})
+                .last_pk
+            )
+
+    def models(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM models ORDER BY id"))
+
+    # -- images ---------------------------------------------------------------------------
+
+    def _insert_image(self, data: bytes, suffix: str, row: dict) -> StoredImage:
+        sha, path = store_bytes(self.home.images, data, suffix)
+        existing = self.db.execute("SELECT id FROM images WHERE sha256 = ?", [sha]).fetchone()
+        if existing:
+            return StoredImage(existing[0], sha, path, True)
+        image_id = (
+            self.db["images"]
+            .insert({"sha256": sha, "path": str(path.relative_to(self.home.root)), "created": now(), **row})
+            .last_pk
+        )
+        return StoredImage(image_id, sha, path, False)
+
+    def add_generated(self, recipe: Recipe, model_id: int | None, png: bytes) -> StoredImage:
+        """Store a generated PNG and its recipe in one transaction (the file is written first)."""
+        with self.db.atomic():
+            gen_id = (
+                self.db["generations"]
+                .insert(
+                    {
+                        "created": now(),
+                        "prompt": recipe.prompt,
+                        "negative": recipe.negative,
+                        "seed": recipe.seed,
+                        "steps": recipe.steps,
+                        "guidance": recipe.guidance,
+                        "scheduler": recipe.scheduler,
+                        "width": recipe.width,
+                        "height": recipe.height,
+                        "model_id": model_id,
+                        "lora_path": recipe.lora_path,
+                        "lora_hash": recipe.lora_hash,
+                        "lora_scale": recipe.lora_scale,
+                        "noise_device": recipe.noise_device,
+                        "recipe": recipe.to_json(),
+                    }
+                )
+                .last_pk
+            )
+            return self._insert_image(
+                png,
+                ".png",
+                {"width": recipe.width, "height": recipe.height, "source": "generated", "generation_id": gen_id},
+            )
+
+    def add_imported(self, data: bytes, suffix: str, width: int, height: int, original_name: str) -> StoredImage:
+        with self.db.atomic():
+            return self._insert_image(
+                data,
+                suffix,
+                {"width": width, "height": height, "source": "imported", "original_name": original_name},
+            )
+
+    def image(self, image_id: int) -> dict:
+        rows = list(self.db.query(_IMAGE_SELECT + " WHERE i.id = ?", [image_id]))
+        if not rows:
+            raise NegaloraError(f"image {image_id}: no such image")
+        return _image_row(rows[0], self.home)
+
+    def images(self, verdict: str | None = None, text: str | None = None, limit: int | None = None) -> list[dict]:
+        """Images newest first. ``verdict``: reject, pick, unrated or None for all."""
+        where, params = [], []
+        if verdict == "unrated":
+            where.append("r.verdict IS NULL")
+        elif verdict:
+            where.append("r.verdict = ?")
+            params.append(verdict)
+        if text:
+            where.append("g.prompt LIKE ?")
+            params.append(f"%{text}%")
+        sql = _IMAGE_SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY i.id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_image_row(r, self.home) for r in self.db.query(sql, params)]
+
+    def recipe(self, image_id: int) -> Recipe | None:
+        row = self.db.execute(
+            "SELECT g.recipe FROM images i JOIN generations g ON g.id = i.generation_id WHERE i.id = ?", [image_id]
+        ).fetchone()
+        return Recipe.from_json(row[0]) if row else None
+
+    # -- ratings --------------------------------------------------------------------------
+
+    def rate(self, image_ids: list[int], verdict: str | None, reasons: list[str] | tuple = ()) -> None:
+        """Set (or with ``verdict=None`` clear) the verdict of images; every change is logged for undo."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise NegaloraError(f"verdict {verdict!r}: must be reject, pick or clear")
+        reasons_json = json.dumps(sorted(set(reasons)))
+        with self.db.atomic():
+            for image_id in image_ids:
+                if not self.db.execute("SELECT 1 FROM images WHERE id = ?", [image_id]).fetchone():
+                    raise NegaloraError(f"image {image_id}: no such image")
+                prev = self.db.execute("SELECT verdict, reasons FROM ratings WHERE image_id = ?", [image_id]).fetchone()
+                self._set_rating(image_id, verdict, reasons_json)
+                self.db["rating_events"].insert(
+                    {
+                        "image_id": image_id,
+                        "verdict": verdict,
+                        "reasons": reasons_json,
+                        "previous_verdict": prev[0] if prev else None,
+                        "previous_reasons": prev[1] if prev else "[]",
+                        "created": now(),
+                    }
+                )
+
+    def _set_rating(self, image_id: int, verdict: str | None, reasons_json: str) -> None:
+        if verdict is None:
+            self.db.execute("DELETE FROM ratings WHERE image_id = ?", [image_id])
+        else:
+            self.db["ratings"].upsert(
+                {"image_id": image_id, "verdict": verdict, "reasons": reasons_json, "updated": now()},
+                pk="image_id",
+            )
+
+    def undo_last_rating(self) -> dict | None:
+        """Undo the newest rating change; returns the image id and the restored verdict, or None."""
+        with self.db.atomic():
+            row = self.db.execute(
+                "SELECT id, image_id, previous_verdict, previous_reasons FROM rating_events ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            if not row:
+                return None
+            event_id, image_id, prev_verdict, prev_reasons = row
+            self._set_rating(image_id, prev_verdict, prev_reasons)
+            self.db.execute("DELETE FROM rating_events WHERE id = ?", [event_id])
+        return {"image_id": image_id, "verdict": prev_verdict, "reasons": json.loads(prev_reasons)}
+
+    def counts(self) -> dict:
+        total = self.db.execute("SELECT count(*) FROM images").fetchone()[0]
+        by = dict(self.db.execute("SELECT verdict, count(*) FROM ratings GROUP BY verdict").fetchall())
+        return {
+            "all": total,
+            "reject": by.get("reject", 0),
+            "pick": by.get("pick", 0),
+            "unrated": total - sum(by.values()),
+        }
+
+
+_IMAGE_SELECT = """
+SELECT i.id, i.sha256, i.path, i.width, i.height, i.source, i.original_name, i.created, i.generation_id,
+       g.prompt, g.negative, g.seed, g.steps, g.guidance, g.scheduler, m.name AS model,
+       r.verdict, r.reasons
+FROM images i
+LEFT JOIN generations g ON g.id = i.generation_id
+LEFT JOIN models m ON m.id = g.model_id
+LEFT JOIN ratings r ON r.image_id = i.id
+"""
+
+
+def _image_row(row: dict, home: Home) -> dict:
+    out = dict(row)
+    out["path"] = str(home.root / row["path"])
+    out["reasons"] = json.loads(row["reasons"]) if row.get("reasons") else []
+    return out
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (comments stripped) so they run inside one transaction."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,63 @@
+"""Forward-only schema migrations. The version is SQLite's ``PRAGMA user_version``."""
+
+V1 = """
+CREATE TABLE models (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    source TEXT NOT NULL,              -- demo | folder | file | hub
+    location TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,         -- sha256 hex
+    created TEXT NOT NULL
+);
+CREATE TABLE generations (
+    id INTEGER PRIMARY KEY,
+    created TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    negative TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    steps INTEGER NOT NULL,
+    guidance REAL NOT NULL,
+    scheduler TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    model_id INTEGER REFERENCES models(id),
+    lora_path TEXT NOT NULL DEFAULT '',
+    lora_hash TEXT NOT NULL DEFAULT '',
+    lora_scale REAL NOT NULL DEFAULT 1.0,
+    noise_device TEXT NOT NULL,
+    recipe TEXT NOT NULL               -- full JSON recipe (negalora.recipe.Recipe)
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,                -- relative to the home directory
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    source TEXT NOT NULL,              -- generated | imported
+    generation_id INTEGER REFERENCES generations(id),
+    original_name TEXT NOT NULL DEFAULT '',
+    created TEXT NOT NULL
+);
+CREATE INDEX images_generation ON images(generation_id);
+CREATE TABLE ratings (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    verdict TEXT NOT NULL CHECK (verdict IN ('reject', 'pick')),
+    reasons TEXT NOT NULL DEFAULT '[]', -- JSON list of tags
+    updated TEXT NOT NULL
+);
+CREATE INDEX ratings_verdict ON ratings(verdict);
+CREATE TABLE rating_events (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    verdict TEXT,                      -- NULL means cleared
+    reasons TEXT NOT NULL DEFAULT '[]',
+    previous_verdict TEXT,
+    previous_reasons TEXT NOT NULL DEFAULT '[]',
+    created TEXT NOT NULL
+);
+CREATE INDEX rating_events_image ON rating_events(image_id);
+"""
+
+# Index i holds the SQL that takes the schema from version i to i + 1.
+MIGRATIONS: list[str] = [V1]
+SCHEMA_VERSION = len(MIGRATIONS)

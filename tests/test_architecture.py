@@ -1,0 +1,30 @@
+"""The engine never imports Qt (import-linter contract in pyproject.toml), and the code is lint-clean."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool(name):
+    exe = Path(sys.executable).parent / name
+    found = str(exe) if exe.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed (pip install -e '.[test]')")
+    return found
+
+
+def test_engine_does_not_import_qt():
+    out = subprocess.run([_tool("lint-imports")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 kept, 0 broken" in out.stdout
+
+
+def test_ruff_is_clean():
+    paths = ["negalora", "tests", "tools", "benchmarks", "main.py"]
+    out = subprocess.run([_tool("ruff"), "check", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from negalora.device import choose_placement
+from negalora.errors import NegaloraError
+from negalora.generate import GenerateRequest, Generator
+from negalora.models.demo import build_demo_pipeline, build_demo_refiner, ensure_demo_folder
+from negalora.models.loader import load_model
+
+
+def test_demo_folder_is_a_standard_diffusers_folder(tmp_path):
+    folder = ensure_demo_folder(tmp_path / "demo")
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), local_files_only=True)
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert type(pipe.text_encoder).__name__ == "CLIPTextModel"
+    assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert type(pipe.vae).__name__ == "AutoencoderKL"
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # real CLIP BPE
+    assert pipe.tokenizer_2.pad_token == "!"
+
+
+def test_demo_is_built_deterministically():
+    a, b = build_demo_pipeline(), build_demo_pipeline()
+    for (na, pa), (nb, pb) in zip(a.unet.state_dict().items(), b.unet.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb)
+
+
+def test_a_diffusers_folder_loads_and_matches_demo(demo_model, home, tmp_path):
+    folder = ensure_demo_folder(tmp_path / "my-sdxl")
+    loaded = load_model(str(folder), home, choose_placement("cpu"))
+    assert loaded.source == "folder" and loaded.name == "my-sdxl" and loaded.native_size == 64
+    assert loaded.sha256 == demo_model.sha256  # same weights, same identity
+
+
+def test_unreachable_hub_id(home):
+    with pytest.raises(NegaloraError, match="model hub cannot provide it"):
+        load_model("stabilityai/not-a-real-model", home, choose_placement("cpu"))
+
+
+def test_refiner_handoff(demo_model, home, tmp_path):
+    ref_dir = tmp_path / "refiner"
+    build_demo_refiner(demo_model.pipe).save_pretrained(ref_dir, safe_serialization=True)
+    base_dir = ensure_demo_folder(tmp_path / "base")
+    loaded = load_model(str(base_dir), home, choose_placement("cpu"), refiner=str(ref_dir))
+    gen = Generator(loaded)
+    with_ref = gen.plan(GenerateRequest(prompts=("a red circle",), seed=4, steps=10))[0]
+    assert with_ref.refiner == "refiner" and with_ref.refiner_switch == 0.8
+    without = gen.plan(GenerateRequest(prompts=("a red circle",), seed=4, steps=10, use_refiner=False))[0]
+    steps = []
+    a = np.asarray(gen.render(with_ref, on_step=steps.append), dtype=np.int16)
+    b = np.asarray(gen.render(without), dtype=np.int16)
+    assert np.abs(a - b).max() > 0
+    assert steps[-1] == 10  # base 8 steps + refiner 2 steps
+    with pytest.raises(NegaloraError, match="SDXL base model, not a refiner|no such refiner"):
+        load_model("demo", home, choose_placement("cpu"), refiner=str(tmp_path / "missing.safetensors"))
