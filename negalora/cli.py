@@ -21,6 +21,47 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
 
 
+PAGE_NAMES = ("generate", "gallery", "train", "compare", "export")
+
+
+def _add_gui_options(p: argparse.ArgumentParser, top_level: bool) -> None:
+    # At the top level the dest names differ from the subcommands' so argparse keeps both.
+    prefix = "gui_" if top_level else ""
+    p.add_argument("--home", dest=f"{prefix}home", metavar="DIR", help="data directory for the app")
+    p.add_argument("--model", dest=f"{prefix}model", metavar="M", help="model to open the app with")
+    p.add_argument("--device", dest=f"{prefix}device", metavar="D", help="cpu, cuda or mps")
+    p.add_argument(
+        "--screenshot",
+        dest=f"{prefix}screenshot",
+        type=Path,
+        metavar="FILE",
+        help="render the window offscreen to a PNG and exit",
+    )
+    p.add_argument("--page", dest=f"{prefix}page", choices=PAGE_NAMES, help="page to open")
+
+
+def cmd_gui(args) -> int:
+    from negalora.home import resolve_home
+    from negalora.ui.app import run_app
+
+    def pick(name):
+        value = getattr(args, name, None)
+        return value if value is not None else getattr(args, f"gui_{name}", None)
+
+    home = resolve_home(pick("home"))
+    screenshot = pick("screenshot")
+    if (
+        screenshot is None
+        and sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM"))
+    ):
+        raise NegaloraError(
+            "no display to open the window on (DISPLAY is not set); use the command line "
+            "(negalora generate …) or --screenshot FILE"
+        )
+    return run_app(home, model=pick("model"), device=pick("device"), screenshot=screenshot, page=pick("page"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -29,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate SDXL images, reject the bad ones, train a 'wrong' LoRA from them.",
     )
     parser.add_argument("--version", action="version", version=f"negalora {__version__}")
+    _add_gui_options(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gui = sub.add_parser("gui", help="open the app (the same as no command)")
+    _add_gui_options(gui, top_level=False)
 
     g = sub.add_parser("generate", help="generate images into the store")
     g.add_argument(
@@ -68,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-scale", type=float, default=1.0, metavar="X", help="LoRA strength (default 1)")
     g.add_argument("--device", metavar="D", help="cpu, cuda or mps (default: the best available)")
     _add_common(g)
+
+    w = sub.add_parser("make-wrong", help="generate Woolf's 'wrong' set (defect keywords, CFG 8-13) as rejects")
+    w.add_argument("--count", type=int, default=78, metavar="K", help="images (default 78)")
+    w.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (default 0)")
+    w.add_argument("--steps", type=int, default=25, metavar="N")
+    w.add_argument("--size", metavar="WxH")
+    w.add_argument("--scheduler", default=DEFAULT_SCHEDULER, metavar="NAME")
+    w.add_argument("--model", metavar="M")
+    w.add_argument("--device", metavar="D")
+    _add_common(w)
 
     r = sub.add_parser("rate", help="reject, pick or clear images")
     r.add_argument("image_id", nargs="+", type=int, metavar="IMAGE_ID")
@@ -138,17 +193,10 @@ def cmd_generate(args) -> int:
     check_request(request)  # before anything is loaded or written
 
     from negalora.cancel import CancelToken
-    from negalora.device import choose_placement
     from negalora.generate import Generator, generate_to_store
-    from negalora.hashing import HashCache
-    from negalora.home import resolve_home
-    from negalora.models.loader import load_model
     from negalora.store import Store
 
-    home = resolve_home(args.home)
-    placement = choose_placement(args.device)
-    model = load_model(_model_spec(args, home), home, placement, vae=args.vae, refiner=args.refiner)
-    generator = Generator(model, HashCache(home.cache / "hashes.json"))
+    home, model, generator = _load_for_generation(args, Generator)
     generator.plan(request)  # model-dependent checks (size, LoRA file) before the store is touched
     store = Store(home)
     bar = None
@@ -193,10 +241,64 @@ def cmd_generate(args) -> int:
     ]
     _emit(
         args,
-        {"model": model.name, "device": placement.label, "images": images},
+        {"model": model.name, "device": model.placement.label, "images": images},
         [f"#{im['id']}  seed {im['seed']}  {im['path']}" for im in images],
     )
     return 0
+
+
+def cmd_make_wrong(args) -> int:
+    from negalora.generate import Generator, check_request, generate_to_store
+    from negalora.wrong_set import wrong_set_requests
+
+    if args.count < 1:
+        raise NegaloraError(f"count {args.count}: must be at least 1")
+    width, height = _parse_size(args.size)
+    requests = wrong_set_requests(
+        args.count, seed=args.seed, steps=args.steps, width=width, height=height, scheduler=args.scheduler
+    )
+    for r in requests:
+        check_request(r)
+    home, model, generator = _load_for_generation(args, Generator)
+    for r in requests:
+        generator.plan(r)
+    from negalora.store import Store
+
+    store = Store(home)
+    made = []
+    try:
+        for r in requests:
+            for stored, recipe in generate_to_store(generator, store, r):
+                store.rate([stored.id], "reject")
+                made.append(
+                    {
+                        "id": stored.id,
+                        "path": str(stored.path),
+                        "seed": recipe.seed,
+                        "guidance": recipe.guidance,
+                        "prompt": recipe.prompt,
+                    }
+                )
+    finally:
+        store.close()
+    _emit(
+        args, {"model": model.name, "rejected": made}, [f"#{m['id']}  cfg {m['guidance']:g}  {m['path']}" for m in made]
+    )
+    return 0
+
+
+def _load_for_generation(args, generator_cls):
+    from negalora.device import choose_placement
+    from negalora.hashing import HashCache
+    from negalora.home import resolve_home
+    from negalora.models.loader import load_model
+
+    home = resolve_home(args.home)
+    placement = choose_placement(args.device)
+    model = load_model(
+        _model_spec(args, home), home, placement, vae=getattr(args, "vae", None), refiner=getattr(args, "refiner", None)
+    )
+    return home, model, generator_cls(model, HashCache(home.cache / "hashes.json"))
 
 
 def cmd_rate(args) -> int:
@@ -311,7 +413,9 @@ def cmd_regenerate(args) -> int:
 
 
 COMMANDS = {
+    "gui": cmd_gui,
     "generate": cmd_generate,
+    "make-wrong": cmd_make_wrong,
     "rate": cmd_rate,
     "import": cmd_import,
     "list": cmd_list,
@@ -323,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        args.command = "gui"
     try:
         return COMMANDS[args.command](args)
     except NegaloraError as exc:

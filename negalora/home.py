@@ -15,6 +15,9 @@ from negalora.errors import NegaloraError
 class Home:
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
     def db_path(self) -> Path:
         return self.root / "negalora.db"

@@ -1,0 +1,177 @@
+"""The gallery's list model: images of one filter, newest first, fetched from the store in chunks."""
+
+import json
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QAbstractListModel, QModelIndex, Qt, Signal
+
+from negalora.store import Store
+from negalora.ui.thumbnails import ThumbnailCache
+
+CHUNK = 1000
+FILTERS = ("all", "reject", "pick", "unrated")
+
+ImageRole = Qt.ItemDataRole.UserRole + 1
+
+
+@dataclass
+class Row:
+    id: int
+    sha256: str
+    path: str
+    verdict: str | None
+    reasons: list[str] = field(default_factory=list)
+    prompt: str = ""
+    seed: int | None = None
+
+
+_ROW_SQL = """
+SELECT i.id, i.sha256, i.path, r.verdict, r.reasons, coalesce(g.prompt, i.original_name) AS prompt, g.seed
+FROM images i
+LEFT JOIN generations g ON g.id = i.generation_id
+LEFT JOIN ratings r ON r.image_id = i.id
+"""
+
+
+class GalleryModel(QAbstractListModel):
+    counts_changed = Signal(dict)
+
+    def __init__(self, store: Store, thumbs: ThumbnailCache, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.thumbs = thumbs
+        self.filter = "all"
+        self.search = ""
+        self._rows: list[Row] = []
+        self._row_of: dict[int, int] = {}
+        self._row_of_sha: dict[str, int] = {}
+        self._exhausted = False
+        thumbs.loaded.connect(self._thumb_loaded)
+
+    # -- loading --------------------------------------------------------------------------
+
+    def _where(self) -> tuple[str, list]:
+        where, params = [], []
+        if self.filter == "unrated":
+            where.append("r.verdict IS NULL")
+        elif self.filter in ("reject", "pick"):
+            where.append("r.verdict = ?")
+            params.append(self.filter)
+        if self.search:
+            where.append("coalesce(g.prompt, i.original_name) LIKE ?")
+            params.append(f"%{self.search}%")
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
+    def _query(self, after_id: int | None, limit: int) -> list[Row]:
+        where, params = self._where()
+        if after_id is not None:
+            where += (" AND " if where else " WHERE ") + "i.id < ?"
+            params.append(after_id)
+        sql = f"{_ROW_SQL}{where} ORDER BY i.id DESC LIMIT {int(limit)}"
+        root = self.store.home.root
+        out = []
+        for r in self.store.db.execute(sql, params).fetchall():
+            reasons = json.loads(r[4]) if r[4] else []
+            out.append(Row(r[0], r[1], str(root / r[2]), r[3], reasons, r[5] or "", r[6]))
+        return out
+
+    def set_filter(self, name: str, search: str | None = None) -> None:
+        self.filter = name
+        if search is not None:
+            self.search = search
+        self.reload()
+
+    def reload(self) -> None:
+        self.beginResetModel()
+        self._rows = self._query(None, CHUNK)
+        self._exhausted = len(self._rows) < CHUNK
+        self._reindex()
+        self.endResetModel()
+        self.emit_counts()
+
+    def _reindex(self) -> None:
+        self._row_of = {r.id: i for i, r in enumerate(self._rows)}
+        self._row_of_sha = {r.sha256: i for i, r in enumerate(self._rows)}
+
+    def canFetchMore(self, parent=QModelIndex()) -> bool:  # noqa: B008 - Qt's signature
+        return not parent.isValid() and not self._exhausted
+
+    def fetchMore(self, parent=QModelIndex()) -> None:  # noqa: B008
+        if parent.isValid() or self._exhausted or not self._rows:
+            return
+        more = self._query(self._rows[-1].id, CHUNK)
+        self._exhausted = len(more) < CHUNK
+        if more:
+            start = len(self._rows)
+            self.beginInsertRows(QModelIndex(), start, start + len(more) - 1)
+            self._rows.extend(more)
+            self._reindex()
+            self.endInsertRows()
+
+    def emit_counts(self) -> None:
+        self.counts_changed.emit(self.store.counts())
+
+    # -- Qt model -------------------------------------------------------------------------
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        row = self._rows[index.row()]
+        if role == ImageRole:
+            return row
+        if role == Qt.ItemDataRole.DecorationRole:
+            return self.thumbs.get(row.sha256, row.path)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            seed = f"\nseed {row.seed}" if row.seed is not None else ""
+            return f"#{row.id}  {row.verdict or 'unrated'}\n{row.prompt}{seed}"
+        if role == Qt.ItemDataRole.DisplayRole:
+            return f"#{row.id}"
+        return None
+
+    def row_at(self, i: int) -> Row:
+        return self._rows[i]
+
+    def index_of(self, image_id: int) -> QModelIndex:
+        i = self._row_of.get(image_id)
+        return self.index(i) if i is not None else QModelIndex()
+
+    # -- changes --------------------------------------------------------------------------
+
+    def refresh_rows(self, image_ids) -> None:
+        """Re-read verdicts of these images from the store (after a rating or an undo)."""
+        ids = [i for i in image_ids if i in self._row_of]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            rows = self.store.db.execute(
+                f"SELECT image_id, verdict, reasons FROM ratings WHERE image_id IN ({marks})", ids
+            ).fetchall()
+            found = {r[0]: r for r in rows}
+            for image_id in ids:
+                row = self._rows[self._row_of[image_id]]
+                hit = found.get(image_id)
+                row.verdict = hit[1] if hit else None
+                row.reasons = json.loads(hit[2]) if hit else []
+                idx = self.index(self._row_of[image_id])
+                self.dataChanged.emit(idx, idx)
+        self.emit_counts()
+
+    def add_new(self, image_id: int) -> None:
+        """A new image arrived: show it at the top if it passes the filter."""
+        if image_id in self._row_of:
+            return
+        rows = self._query(image_id + 1, 1)  # the newest image at or below this id that passes the filter
+        if rows and rows[0].id == image_id:
+            self.beginInsertRows(QModelIndex(), 0, 0)
+            self._rows.insert(0, rows[0])
+            self._reindex()
+            self.endInsertRows()
+        self.emit_counts()
+
+    def _thumb_loaded(self, sha: str) -> None:
+        i = self._row_of_sha.get(sha)
+        if i is not None:
+            idx = self.index(i)
+            self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])

@@ -1,0 +1,325 @@
+"""The Generate page: prompts (one per line makes a batch), settings, progress with ETA, Cancel,
+and Woolf's "make wrong images" recipe as one action."""
+
+import secrets
+import time
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from negalora.generate import MAX_SEED, GenerateRequest
+from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from negalora.ui.prompt_highlighter import PromptHighlighter
+from negalora.wrong_set import DEFAULT_COUNT, wrong_set_requests
+
+NATIVE = "Model's native size"
+SIZES = [
+    NATIVE,
+    "1024×1024",
+    "1152×896",
+    "896×1152",
+    "1216×832",
+    "832×1216",
+    "1344×768",
+    "768×1344",
+    "1536×640",
+    "640×1536",
+    "64×64",
+]
+RESULT_SIDE = 160
+MAX_RESULTS = 60
+CHOOSE_FOLDER = "Choose a diffusers folder…"
+CHOOSE_FILE = "Choose a .safetensors file…"
+
+
+class GeneratePage(QWidget):
+    generate = Signal(str, list, bool)  # model, requests, reject when done
+    cancel = Signal()
+    settings_changed = Signal()
+    open_image = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.prompts = QPlainTextEdit()
+        self.prompts.setPlaceholderText("One prompt per line, e.g.\na (red)++ circle on a blue background")
+        self.prompts.setPlainText("a (red)++ circle on a blue background")
+        self.prompts.setMaximumHeight(170)
+        PromptHighlighter(self.prompts.document())
+        self.negative = QPlainTextEdit()
+        self.negative.setPlaceholderText("Negative prompt, e.g. wrong")
+        self.negative.setFixedHeight(64)
+        PromptHighlighter(self.negative.document())
+
+        self.seed = QLineEdit(str(secrets.randbelow(MAX_SEED)))
+        self.seed.setMaxLength(10)
+        self.seed_lock = QCheckBox("Lock")
+        self.seed_lock.setToolTip("Locked: every run starts at this seed. Unlocked: a new random seed per run.")
+        self.count = QSpinBox(minimum=1, maximum=1000, value=4)
+        self.steps = QSpinBox(minimum=1, maximum=200, value=25)
+        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=7.0, singleStep=0.5)
+        self.size = QComboBox()
+        self.size.addItems(SIZES)
+        self.scheduler = QComboBox()
+        self.scheduler.addItems(list(SCHEDULERS))
+        self.scheduler.setCurrentText(DEFAULT_SCHEDULER)
+        self.model = QComboBox()
+        self.model.addItems(["demo", CHOOSE_FOLDER, CHOOSE_FILE])
+        self.model.activated.connect(self._model_chosen)
+        self._last_model = "demo"
+
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.seed_lock)
+        form = QFormLayout()
+        form.addRow("Model", self.model)
+        form.addRow("Seed", seed_row)
+        form.addRow("Images per prompt", self.count)
+        form.addRow("Steps", self.steps)
+        form.addRow("CFG scale", self.guidance)
+        form.addRow("Size", self.size)
+        form.addRow("Sampler", self.scheduler)
+
+        self.go = QPushButton("Generate")
+        self.go.setDefault(True)
+        self.go.setStyleSheet("QPushButton { font-weight: bold; padding: 8px 18px; }")
+        self.go.clicked.connect(self._generate)
+        self.stop = QPushButton("Cancel")
+        self.stop.setEnabled(False)
+        self.stop.clicked.connect(self.cancel.emit)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(False)
+        self.progress_label = QLabel("Ready")
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #e5484d;")
+
+        self.results = QListWidget()
+        self.results.setViewMode(QListWidget.ViewMode.IconMode)
+        self.results.setIconSize(QSize(RESULT_SIDE, RESULT_SIDE))
+        self.results.setGridSize(QSize(RESULT_SIDE + 16, RESULT_SIDE + 30))
+        self.results.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.results.setMovement(QListWidget.Movement.Static)
+        self.results.setStyleSheet("QListWidget { background: #1e1f22; border: none; }")
+        self.results.itemDoubleClicked.connect(lambda item: self.open_image.emit(item.data(Qt.ItemDataRole.UserRole)))
+
+        wrong_box = QGroupBox("Make wrong images (Woolf's recipe)")
+        self.wrong_count = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_COUNT)
+        self.wrong_go = QPushButton("Make wrong images")
+        self.wrong_go.setToolTip(
+            "Every prompt lists 14 defect keywords with one weighted ++++, at CFG 8–13. "
+            "The images are marked rejected; prune the set in the Gallery."
+        )
+        self.wrong_go.clicked.connect(self._make_wrong)
+        wl = QHBoxLayout(wrong_box)
+        wl.addWidget(QLabel("Images"))
+        wl.addWidget(self.wrong_count)
+        wl.addWidget(self.wrong_go)
+        wl.addStretch(1)
+
+        left = QVBoxLayout()
+        left.addWidget(QLabel("<b>Prompts</b> (one per line)"))
+        left.addWidget(self.prompts)
+        left.addWidget(QLabel("<b>Negative prompt</b>"))
+        left.addWidget(self.negative)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.go)
+        buttons.addWidget(self.stop)
+        buttons.addWidget(self.progress, 1)
+        left.addLayout(buttons)
+        left.addWidget(self.progress_label)
+        left.addWidget(self.error)
+        left.addWidget(QLabel("<b>Latest images</b> (double-click for the large view)"))
+        left.addWidget(self.results, 5)
+        right = QVBoxLayout()
+        right.addLayout(form)
+        right.addWidget(wrong_box)
+        right.addStretch(1)
+        layout = QHBoxLayout(self)
+        layout.addLayout(left, 3)
+        layout.addLayout(right, 2)
+
+        for w in (self.count, self.steps, self.size, self.scheduler, self.seed_lock):
+            signal = getattr(w, "valueChanged", None) or getattr(w, "currentIndexChanged", None) or w.toggled
+            signal.connect(lambda *_: self.settings_changed.emit())
+        self._job_started = 0.0
+
+    # -- settings -------------------------------------------------------------------------
+
+    def model_spec(self) -> str:
+        return self.model.currentText()
+
+    def set_model_spec(self, spec: str) -> None:
+        if self.model.findText(spec) < 0:
+            self.model.insertItem(self.model.count() - 2, spec)
+        self.model.setCurrentText(spec)
+        self._last_model = spec
+
+    def _model_chosen(self, index: int) -> None:
+        text = self.model.itemText(index)
+        chosen = ""
+        if text == CHOOSE_FOLDER:
+            chosen = QFileDialog.getExistingDirectory(self, "SDXL diffusers folder")
+        elif text == CHOOSE_FILE:
+            chosen, _ = QFileDialog.getOpenFileName(self, "SDXL checkpoint", "", "Safetensors (*.safetensors)")
+        else:
+            chosen = text
+        self.set_model_spec(chosen or self._last_model)
+        self.settings_changed.emit()
+
+    def state(self) -> dict:
+        return {
+            "prompts": self.prompts.toPlainText(),
+            "negative": self.negative.toPlainText(),
+            "seed": self.seed.text(),
+            "seed_locked": self.seed_lock.isChecked(),
+            "count": self.count.value(),
+            "steps": self.steps.value(),
+            "guidance": self.guidance.value(),
+            "size": self.size.currentText(),
+            "scheduler": self.scheduler.currentText(),
+            "model": self.model_spec(),
+        }
+
+    def restore(self, s: dict) -> None:
+        self.prompts.setPlainText(s.get("prompts", self.prompts.toPlainText()))
+        self.negative.setPlainText(s.get("negative", ""))
+        self.seed_lock.setChecked(bool(s.get("seed_locked", False)))
+        if s.get("seed_locked") and str(s.get("seed", "")).isdigit():
+            self.seed.setText(str(s["seed"]))
+        self.count.setValue(int(s.get("count", self.count.value())))
+        self.steps.setValue(int(s.get("steps", self.steps.value())))
+        self.guidance.setValue(float(s.get("guidance", self.guidance.value())))
+        if s.get("size") in SIZES:
+            self.size.setCurrentText(s["size"])
+        if s.get("scheduler") in SCHEDULERS:
+            self.scheduler.setCurrentText(s["scheduler"])
+        if s.get("model"):
+            self.set_model_spec(s["model"])
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _size(self) -> tuple[int | None, int | None]:
+        text = self.size.currentText()
+        if text == NATIVE:
+            return None, None
+        w, h = text.split("×")
+        return int(w), int(h)
+
+    def _seed(self) -> int:
+        text = self.seed.text().strip()
+        if not self.seed_lock.isChecked() or not text.isdigit() or int(text) > MAX_SEED:
+            text = str(secrets.randbelow(MAX_SEED - 10_000))
+            self.seed.setText(text)
+        return int(text)
+
+    def build_request(self) -> GenerateRequest:
+        prompts = tuple(line.strip() for line in self.prompts.toPlainText().splitlines() if line.strip())
+        width, height = self._size()
+        return GenerateRequest(
+            prompts=prompts,
+            negative=" ".join(self.negative.toPlainText().split()),
+            count=self.count.value(),
+            seed=self._seed(),
+            steps=self.steps.value(),
+            guidance=self.guidance.value(),
+            width=width,
+            height=height,
+            scheduler=self.scheduler.currentText(),
+        )
+
+    def _generate(self) -> None:
+        from negalora.errors import NegaloraError
+        from negalora.generate import check_request
+
+        self.error.clear()
+        try:
+            request = self.build_request()
+            check_request(request)
+        except NegaloraError as exc:
+            self.error.setText(str(exc))
+            return
+        self.generate.emit(self.model_spec(), [request], False)
+
+    def _make_wrong(self) -> None:
+        width, height = self._size()
+        requests = wrong_set_requests(
+            self.wrong_count.value(),
+            seed=self._seed(),
+            steps=self.steps.value(),
+            width=width,
+            height=height,
+            scheduler=self.scheduler.currentText(),
+        )
+        self.generate.emit(self.model_spec(), requests, True)
+
+    # -- job feedback ---------------------------------------------------------------------
+
+    def job_started(self) -> None:
+        self._job_started = time.monotonic()
+        self.go.setEnabled(False)
+        self.wrong_go.setEnabled(False)
+        self.stop.setEnabled(True)
+        self.error.clear()
+        self.progress.setValue(0)
+        self.progress_label.setText("Starting… (the first job loads the model)")
+
+    def job_progress(self, image_index: int, image_total: int, step: int, steps: int) -> None:
+        done = (image_index + step / max(steps, 1)) / max(image_total, 1)
+        self.progress.setValue(int(done * 1000))
+        elapsed = time.monotonic() - self._job_started
+        eta = f" · ETA {elapsed / done * (1 - done):.0f} s" if done > 0.02 else ""
+        self.progress_label.setText(f"Image {image_index + 1}/{image_total} · step {step}/{steps}{eta}")
+
+    def add_result(self, image_id: int, path: str, seed: int) -> None:
+        pix = QPixmap(path)
+        if pix.width() < RESULT_SIDE:  # small demo images: enlarge crisply
+            pix = pix.scaled(RESULT_SIDE, RESULT_SIDE, Qt.AspectRatioMode.KeepAspectRatio)
+        item = QListWidgetItem(QIcon(pix), f"#{image_id} · seed {seed}")
+        item.setData(Qt.ItemDataRole.UserRole, image_id)
+        self.results.insertItem(0, item)
+        while self.results.count() > MAX_RESULTS:
+            self.results.takeItem(self.results.count() - 1)
+
+    def job_ended(self, status: str, count: int, error: str = "") -> None:
+        self.go.setEnabled(True)
+        self.wrong_go.setEnabled(True)
+        self.stop.setEnabled(False)
+        if status == "done":
+            self.progress.setValue(1000)
+        self.progress_label.setText(
+            {"done": f"Done: {count} image{'s' if count != 1 else ''}", "cancelled": f"Cancelled; {count} kept"}.get(
+                status, "Failed"
+            )
+        )
+        if error:
+            self.error.setText(error)
+
+    def keyPressEvent(self, event) -> None:
+        if (
+            event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and event.modifiers() & Qt.KeyboardModifier.ControlModifier
+        ):
+            self._generate()
+            return
+        super().keyPressEvent(event)

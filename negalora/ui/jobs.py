@@ -1,0 +1,88 @@
+"""The bridge between the worker process and the window: Qt signals on the UI thread, job states,
+and an automatic restart when the worker dies (queued jobs are sent to the new one)."""
+
+from PySide6.QtCore import QObject, Signal
+
+from negalora.worker.client import WorkerClient
+from negalora.worker.protocol import request_to_dict
+
+STATES = ("stopped", "starting", "idle", "busy", "restarting")
+
+
+class JobController(QObject):
+    event = Signal(dict)  # every worker event, delivered on the UI thread
+    state_changed = Signal(str)
+    message = Signal(str)  # something the user should read
+    model_loaded = Signal(dict)
+    _incoming = Signal(dict)
+
+    def __init__(self, home, device: str | None = None, parent=None):
+        super().__init__(parent)
+        self._incoming.connect(self._on_event)  # queued: emitted from the reader thread
+        self.client = WorkerClient(home, self._incoming.emit, device)
+        self.state = "stopped"
+        self.current_job: str | None = None
+        self.restarts = 0
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_changed.emit(state)
+
+    def start(self) -> None:
+        if not self.client.alive:
+            self._set_state("starting")
+            self.client.start()
+
+    def submit_generate(self, model: str, requests, reject: bool = False, reasons=()) -> str:
+        self.start()
+        job = self.client.submit(
+            {
+                "kind": "generate",
+                "model": model,
+                "requests": [request_to_dict(r) for r in requests],
+                "reject": reject,
+                "reasons": list(reasons),
+            }
+        )
+        return job
+
+    def load_model(self, model: str) -> str:
+        """Load a model ahead of the first job, so the status bar can show it."""
+        self.start()
+        return self.client.submit({"kind": "generate", "model": model, "requests": []})
+
+    def cancel(self, job: str) -> None:
+        self.client.cancel(job)
+
+    def shutdown(self) -> None:
+        self.client.stop()
+        self._set_state("stopped")
+
+    def _on_event(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == "ready":
+            self._set_state("busy" if self.client.busy else "idle")
+        elif kind == "model":
+            self.model_loaded.emit(msg)
+        elif kind == "started":
+            self.current_job = msg["job"]
+            self._set_state("busy")
+        elif kind in ("finished", "failed"):
+            if self.current_job == msg.get("job"):
+                self.current_job = None
+            if kind == "failed":
+                self.message.emit(f"Job failed: {msg['error']}")
+            self._set_state("busy" if self.client.busy else "idle")
+        elif kind == "exited":
+            if msg.get("expected"):
+                self._set_state("stopped")
+            else:
+                self.restarts += 1
+                self.message.emit(
+                    f"The worker stopped unexpectedly (exit code {msg['code']}); restarting it. "
+                    "Your ratings and finished images are safe."
+                )
+                self._set_state("restarting")
+                self.client.restart()
+        self.event.emit(msg)

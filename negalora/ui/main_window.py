@@ -1,0 +1,201 @@
+"""The main window: a page list on the left, the pages, and a status bar with the device, the
+model and the worker's state. Geometry and the last settings are remembered in the home."""
+
+import base64
+
+from PySide6.QtCore import QByteArray, QSize
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QWidget
+
+from negalora.home import Home
+from negalora.store import Store
+from negalora.ui.gallery_model import GalleryModel
+from negalora.ui.gallery_page import GalleryPage
+from negalora.ui.generate_page import GeneratePage
+from negalora.ui.jobs import JobController
+from negalora.ui.later_pages import LaterPage
+from negalora.ui.thumbnails import ThumbnailCache
+from negalora.ui.viewer import ImageViewer
+
+PAGES = ("generate", "gallery", "train", "compare", "export")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, home: Home, *, device: str | None = None, model: str | None = None, start_worker=True):
+        super().__init__()
+        self.home = home
+        self.setWindowTitle("negalora")
+        self.store = Store(home)
+        self.thumbs = ThumbnailCache(home.cache / "thumbs", parent=self)
+        self.gallery_model = GalleryModel(self.store, self.thumbs, self)
+        self.jobs = JobController(home.root, device, self)
+
+        self.generate_page = GeneratePage()
+        self.gallery_page = GalleryPage(self.store, self.gallery_model)
+        self.later = {name: LaterPage(name) for name in ("train", "compare", "export")}
+        self.pages = {"generate": self.generate_page, "gallery": self.gallery_page, **self.later}
+
+        self.nav = QListWidget()
+        self.nav.addItems([p.capitalize() for p in PAGES])
+        self.nav.setFixedWidth(150)
+        self.nav.setStyleSheet(
+            "QListWidget { font-size: 15px; padding-top: 8px; border: none; background: #232428; }"
+            "QListWidget::item { padding: 10px 14px; }"
+            "QListWidget::item:selected { background: #3b4a63; color: white; }"
+        )
+        self.stack = QStackedWidget()
+        for name in PAGES:
+            self.stack.addWidget(self.pages[name])
+        self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+        central = QWidget()
+        row = QHBoxLayout(central)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(0)
+        row.addWidget(self.nav)
+        row.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+
+        self.device_label = QLabel("device: –")
+        self.model_label = QLabel("model: –")
+        self.worker_label = QLabel("worker: stopped")
+        for w in (self.device_label, self.model_label, self.worker_label):
+            w.setStyleSheet("padding: 0 10px;")
+            self.statusBar().addPermanentWidget(w)
+
+        undo = QAction("Undo rating", self)
+        undo.setShortcut(QKeySequence.StandardKey.Undo)
+        undo.triggered.connect(self.gallery_page.undo)
+        self.addAction(undo)
+        for i, name in enumerate(PAGES):
+            act = QAction(name, self)
+            act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            act.triggered.connect(lambda _=False, n=name: self.show_page(n))
+            self.addAction(act)
+
+        self.viewer = ImageViewer(self)
+        self.viewer.rate.connect(self._rate_from_viewer)
+        self.viewer.step.connect(self._step_viewer)
+        self.gallery_page.open_image.connect(self.open_image)
+        self.generate_page.open_image.connect(self.open_image)
+        self.gallery_page.status.connect(lambda m: self.statusBar().showMessage(m, 5000))
+        self.gallery_model.counts_changed.connect(self._counts_changed)
+        self.generate_page.generate.connect(self._submit)
+        self.generate_page.cancel.connect(self._cancel)
+        self.jobs.event.connect(self._job_event)
+        self.jobs.state_changed.connect(lambda s: self.worker_label.setText(f"worker: {s}"))
+        self.jobs.message.connect(self._message)
+        self.jobs.model_loaded.connect(self._model_loaded)
+        self._job: str | None = None
+        self._job_images = 0
+        self.gallery_model.emit_counts()
+        for row in reversed(self.store.images(limit=12)):  # the last session's newest images
+            if row["generation_id"] is not None:
+                self.generate_page.add_result(row["id"], row["path"], row["seed"])
+
+        self._restore(model)
+        if start_worker:
+            self.jobs.load_model(self.generate_page.model_spec())
+
+    # -- pages ----------------------------------------------------------------------------
+
+    def show_page(self, name: str) -> None:
+        self.nav.setCurrentRow(PAGES.index(name))
+        if name == "gallery":
+            self.gallery_page.view.setFocus()
+
+    def current_page(self) -> str:
+        return PAGES[self.stack.currentIndex()]
+
+    def _counts_changed(self, counts: dict) -> None:
+        for page in self.later.values():
+            page.set_counts(counts)
+
+    def _message(self, text: str) -> None:
+        self.statusBar().showMessage(text, 15000)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def _submit(self, model: str, requests: list, reject: bool) -> None:
+        if self._job is not None:
+            self._message("A job is running; cancel it or wait for it to finish")
+            return
+        self._job = self.jobs.submit_generate(model, requests, reject=reject)
+        self._job_images = 0
+        self.generate_page.job_started()
+        self._save_settings()
+
+    def _cancel(self) -> None:
+        if self._job is not None:
+            self.jobs.cancel(self._job)
+
+    def _job_event(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == "image":
+            self.gallery_model.add_new(msg["image_id"])
+        if msg.get("job") != self._job or self._job is None:
+            return
+        if kind == "progress":
+            self.generate_page.job_progress(msg["image_index"], msg["image_total"], msg["step"], msg["steps"])
+        elif kind == "image":
+            self._job_images += 1
+            self.generate_page.add_result(msg["image_id"], msg["path"], msg["seed"])
+        elif kind == "finished":
+            self._job = None
+            self.generate_page.job_ended(msg["status"], len(msg["image_ids"]))
+        elif kind == "failed":
+            self._job = None
+            self.generate_page.job_ended("failed", self._job_images, msg["error"])
+
+    def _model_loaded(self, msg: dict) -> None:
+        self.device_label.setText(f"device: {msg['device']}")
+        self.model_label.setText(f"model: {msg['name']}")
+
+    # -- large view -----------------------------------------------------------------------
+
+    def open_image(self, image_id: int) -> None:
+        self._viewer_id = image_id
+        self.viewer.show_image(self.store.image(image_id), self.store.recipe(image_id))
+        self.viewer.show()
+        self.viewer.raise_()
+
+    def _rate_from_viewer(self, verdict: str) -> None:
+        self.gallery_page.rate_ids([self._viewer_id], verdict)
+        self.open_image(self._viewer_id)
+
+    def _step_viewer(self, delta: int) -> None:
+        idx = self.gallery_model.index_of(self._viewer_id)
+        row = idx.row() + delta
+        if idx.isValid() and 0 <= row < self.gallery_model.rowCount():
+            nxt = self.gallery_model.index(row)
+            self.gallery_page.view.setCurrentIndex(nxt)
+            self.open_image(self.gallery_model.row_at(row).id)
+
+    # -- settings -------------------------------------------------------------------------
+
+    def _restore(self, model: str | None) -> None:
+        ui = self.home.settings().get("ui", {}) if self.home.settings_path.exists() else {}
+        self.generate_page.restore(ui.get("generate", {}))
+        if model:
+            self.generate_page.set_model_spec(model)
+        geometry = ui.get("geometry")
+        if geometry:
+            self.restoreGeometry(QByteArray(base64.b64decode(geometry)))
+        else:
+            self.resize(QSize(1440, 900))
+        self.show_page(ui.get("page", "generate") if ui.get("page") in PAGES else "generate")
+
+    def _save_settings(self) -> None:
+        settings = self.home.settings()
+        settings["ui"] = {
+            "generate": self.generate_page.state(),
+            "geometry": base64.b64encode(bytes(self.saveGeometry())).decode(),
+            "page": self.current_page(),
+        }
+        self.home.save_settings(settings)
+
+    def closeEvent(self, event) -> None:
+        self._save_settings()
+        self.jobs.shutdown()
+        self.thumbs.wait_idle(2000)
+        self.store.close()
+        super().closeEvent(event)

@@ -1,0 +1,5 @@
+import sys
+
+from negalora.worker.server import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""JSON-lines messages between the app and the worker.
+
+To the worker:   {"type": "job", "job": ID, "kind": "generate", ...}, {"type": "cancel", "job": ID},
+                 {"type": "shutdown"}
+From the worker: ready, model, started, progress, image, finished (status done | cancelled),
+                 failed (error, kind: bad_input | out_of_memory | crash)
+"""
+
+import json
+import threading
+from dataclasses import asdict
+from typing import IO
+
+from negalora.generate import GenerateRequest
+
+
+def encode(message: dict) -> bytes:
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def decode(line: bytes | str) -> dict:
+    return json.loads(line)
+
+
+def request_to_dict(request: GenerateRequest) -> dict:
+    data = asdict(request)
+    data["prompts"] = list(request.prompts)
+    return data
+
+
+def request_from_dict(data: dict) -> GenerateRequest:
+    return GenerateRequest(**{**data, "prompts": tuple(data["prompts"])})
+
+
+class Writer:
+    """Writes whole messages to a binary stream from any thread."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message: dict) -> None:
+        with self._lock:
+            self._stream.write(encode(message))
+            self._stream.flush()

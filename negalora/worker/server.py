@@ -1,0 +1,180 @@
+"""The worker's side: read jobs from stdin, run them one at a time, write events to stdout."""
+
+import argparse
+import os
+import queue
+import sys
+import threading
+import traceback
+
+from negalora.cancel import CancelToken
+from negalora.errors import NegaloraError
+from negalora.worker.protocol import Writer, decode, request_from_dict
+
+
+class WorkerServer:
+    def __init__(self, home_dir: str, device: str | None, out: Writer):
+        from negalora.home import Home
+
+        self.home = Home(os.path.abspath(home_dir))
+        self.device = device
+        self.out = out
+        self.jobs: queue.Queue = queue.Queue()
+        self.cancelled: set[str] = set()
+        self.current: tuple[str, CancelToken] | None = None
+        self.lock = threading.Lock()
+        self._model_key = None
+        self._generator = None
+        self._store = None
+
+    # -- input ----------------------------------------------------------------------------
+
+    def read_commands(self, stream) -> None:
+        for line in stream:
+            if not line.strip():
+                continue
+            msg = decode(line)
+            kind = msg.get("type")
+            if kind == "job":
+                self.jobs.put(msg)
+            elif kind == "cancel":
+                with self.lock:
+                    self.cancelled.add(msg["job"])
+                    if self.current and self.current[0] == msg["job"]:
+                        self.current[1].cancel()
+            elif kind == "shutdown":
+                break
+        self.jobs.put(None)  # stdin closed or shutdown: finish
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def _generator_for(self, spec: str):
+        from negalora.device import choose_placement
+        from negalora.generate import Generator
+        from negalora.hashing import HashCache
+        from negalora.models.loader import load_model
+
+        key = (spec, self.device)
+        if self._model_key != key:
+            self._generator = None  # free the old pipeline before loading the next
+            model = load_model(spec, self.home, choose_placement(self.device))
+            self._generator = Generator(model, HashCache(self.home.cache / "hashes.json"))
+            self._model_key = key
+            self.out.send(
+                {
+                    "type": "model",
+                    "name": model.name,
+                    "location": model.location,
+                    "device": model.placement.label,
+                    "native_size": model.native_size,
+                }
+            )
+        return self._generator
+
+    def _store_handle(self):
+        from negalora.store import Store
+
+        if self._store is None:
+            self._store = Store(self.home)
+        return self._store
+
+    def run_job(self, msg: dict) -> None:
+        from negalora.generate import generate_to_store
+
+        job = msg["job"]
+        token = CancelToken()
+        with self.lock:
+            if job in self.cancelled:
+                self.out.send({"type": "finished", "job": job, "status": "cancelled", "image_ids": []})
+                return
+            self.current = (job, token)
+        try:
+            generator = self._generator_for(msg.get("model") or "demo")
+            store = self._store_handle()
+            requests = [request_from_dict(r) for r in msg["requests"]]
+            plans = [generator.plan(r) for r in requests]  # all checks before the first image
+            total = sum(len(p) for p in plans)
+            self.out.send({"type": "started", "job": job, "total": total})
+            ids: list[int] = []
+            offset = 0
+            for request, plan in zip(requests, plans, strict=True):
+
+                def progress(p, base=offset):
+                    self.out.send(
+                        {
+                            "type": "progress",
+                            "job": job,
+                            "image_index": base + p.image_index,
+                            "image_total": total,
+                            "step": p.step,
+                            "steps": p.steps,
+                        }
+                    )
+
+                def image(stored, recipe):
+                    ids.append(stored.id)
+                    if msg.get("reject"):
+                        store.rate([stored.id], "reject", msg.get("reasons", []))
+                    self.out.send(
+                        {
+                            "type": "image",
+                            "job": job,
+                            "image_id": stored.id,
+                            "path": str(stored.path),
+                            "seed": recipe.seed,
+                            "prompt": recipe.prompt,
+                            "duplicate": stored.duplicate,
+                        }
+                    )
+
+                generate_to_store(generator, store, request, on_progress=progress, cancel=token, on_image=image)
+                offset += len(plan)
+                if token.cancelled:
+                    break
+            status = "cancelled" if token.cancelled else "done"
+            self.out.send({"type": "finished", "job": job, "status": status, "image_ids": ids})
+        except NegaloraError as exc:
+            self.out.send({"type": "failed", "job": job, "kind": "bad_input", "error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            kind = "out_of_memory" if "out of memory" in str(exc).lower() else "crash"
+            if kind == "out_of_memory":
+                _free_gpu_memory()
+            traceback.print_exc(file=sys.stderr)
+            self.out.send({"type": "failed", "job": job, "kind": kind, "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            with self.lock:
+                self.current = None
+
+    def serve(self) -> None:
+        self.out.send({"type": "ready", "pid": os.getpid()})
+        while (msg := self.jobs.get()) is not None:
+            self.run_job(msg)
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m negalora.worker", description="negalora's generation worker")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--device")
+    args = parser.parse_args(argv)
+    # The protocol owns the real stdout; anything a library prints goes to stderr instead.
+    proto = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    from negalora.models.quiet import quiet_libraries
+
+    quiet_libraries()
+    server = WorkerServer(args.home, args.device, Writer(proto))
+    reader = threading.Thread(target=server.read_commands, args=(sys.stdin.buffer,), daemon=True)
+    reader.start()
+    server.serve()
+    return 0

@@ -1,0 +1,175 @@
+"""The window without a worker: culling keys, undo, filters, the large view, import, settings."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from ui_helpers import seed_home
+
+from negalora.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def window(qtbot, home):
+    from negalora.ui.app import make_app
+    from negalora.ui.main_window import MainWindow
+
+    make_app()
+    seed_home(home, 6)
+    w = MainWindow(home, start_worker=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.show_page("gallery")
+    qtbot.waitExposed(w)
+    return w
+
+
+def _verdicts(home):
+    s = Store(home)
+    try:
+        return {r["id"]: (r["verdict"], r["reasons"]) for r in s.images()}
+    finally:
+        s.close()
+
+
+def _current_id(w):
+    return w.gallery_page.view.currentIndex().data(Qt.ItemDataRole.UserRole + 1).id
+
+
+def test_x_p_u_write_ratings_and_advance(window, home, qtbot):
+    view = window.gallery_page.view
+    first = _current_id(window)  # the newest image is selected first
+    qtbot.keyClick(view, Qt.Key.Key_X)
+    assert _verdicts(home)[first] == ("reject", [])
+    second = _current_id(window)
+    assert second != first  # auto-advance
+    qtbot.keyClick(view, Qt.Key.Key_P)
+    assert _verdicts(home)[second] == ("pick", [])
+    third = _current_id(window)
+    qtbot.keyClick(view, Qt.Key.Key_3)  # reject with the third reason tag
+    assert _verdicts(home)[third] == ("reject", ["blur"])
+    view.setCurrentIndex(window.gallery_model.index_of(first))
+    qtbot.keyClick(view, Qt.Key.Key_U)
+    assert _verdicts(home)[first] == (None, [])
+
+
+def test_ctrl_z_undoes_the_last_rating(window, home, qtbot):
+    view = window.gallery_page.view
+    first = _current_id(window)
+    qtbot.keyClick(view, Qt.Key.Key_X)
+    second = _current_id(window)
+    qtbot.keyClick(view, Qt.Key.Key_P)
+    window.activateWindow()
+    qtbot.keyClick(view, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    v = _verdicts(home)
+    assert v[second] == (None, []) and v[first] == ("reject", [])
+    assert _current_id(window) == second  # the undone image is selected again
+    qtbot.keyClick(view, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert _verdicts(home)[first] == (None, [])
+
+
+def test_filters_show_the_right_counts(window, home, qtbot):
+    page = window.gallery_page
+    view = page.view
+    for key in (Qt.Key.Key_X, Qt.Key.Key_X, Qt.Key.Key_P):
+        qtbot.keyClick(view, key)
+    assert page.buttons["all"].text() == "All (6)"
+    assert page.buttons["reject"].text() == "Rejected (2)"
+    assert page.buttons["pick"].text() == "Picked (1)"
+    assert page.buttons["unrated"].text() == "Unrated (3)"
+    assert page.ready_label.text() == "2 rejects ready for training"
+    qtbot.mouseClick(page.buttons["reject"], Qt.MouseButton.LeftButton)
+    assert window.gallery_model.rowCount() == 2
+    assert all(window.gallery_model.row_at(i).verdict == "reject" for i in range(2))
+    qtbot.mouseClick(page.buttons["unrated"], Qt.MouseButton.LeftButton)
+    assert window.gallery_model.rowCount() == 3
+    qtbot.mouseClick(page.buttons["all"], Qt.MouseButton.LeftButton)
+    page.search.setText("blue")
+    assert window.gallery_model.rowCount() == 1
+    assert window.later["train"].body.text().count("<b>2</b>") == 1
+
+
+def test_enter_opens_the_large_view_with_the_recipe(window, qtbot):
+    qtbot.keyClick(window.gallery_page.view, Qt.Key.Key_Return)
+    assert window.viewer.isVisible()
+    text = window.viewer.recipe.toPlainText()
+    assert "Steps: 5" in text and "Seed: 105" in text
+    qtbot.keyClick(window.viewer, Qt.Key.Key_Right)
+    assert "Seed: 104" in window.viewer.recipe.toPlainText()
+
+
+def test_drop_on_the_reject_filter_imports_rejects(window, home, qtbot, tmp_path):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), "pink").save(folder / "a.png")
+    Image.new("RGB", (20, 20), "brown").save(folder / "b.png")
+    (folder / "c.png").write_bytes(b"junk")
+    page = window.gallery_page
+    qtbot.mouseClick(page.buttons["reject"], Qt.MouseButton.LeftButton)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])
+    event = QDropEvent(
+        QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
+    page.dropEvent(event)
+    qtbot.waitUntil(lambda: page.buttons["reject"].text() == "Rejected (2)", timeout=10000)
+    assert window.gallery_model.rowCount() == 2
+    assert "refused 1" in window.statusBar().currentMessage()
+
+
+def test_settings_and_geometry_are_remembered(qtbot, home):
+    from negalora.ui.app import make_app
+    from negalora.ui.main_window import MainWindow
+
+    make_app()
+    w = MainWindow(home, start_worker=False)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    w.generate_page.prompts.setPlainText("a (green)++ square")
+    w.generate_page.steps.setValue(13)
+    w.resize(700, 530)  # within the offscreen screen, which restoreGeometry clamps to
+    size = (w.width(), w.height())
+    assert size[1] == 530
+    w.show_page("gallery")
+    w.close()
+    w2 = MainWindow(home, start_worker=False)
+    qtbot.addWidget(w2)
+    w2.show()
+    qtbot.waitExposed(w2)
+    assert w2.generate_page.prompts.toPlainText() == "a (green)++ square"
+    assert w2.generate_page.steps.value() == 13
+    assert w2.current_page() == "gallery"
+    assert (w2.width(), w2.height()) == size
+
+
+def test_screenshot_renders_the_window(home, tmp_path):
+    seed_home(home, 4)
+    out = tmp_path / "shot.png"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--screenshot",
+            str(out),
+            "--page",
+            "gallery",
+            "--home",
+            str(home.root),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    assert r.returncode == 0, r.stderr
+    with Image.open(out) as im:
+        assert im.size[0] >= 1280 and im.size[1] >= 800
+        colors = im.convert("RGB").getcolors(1_000_000)
+    assert len(colors) > 50  # a real window, not a blank frame
