@@ -124,6 +124,38 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", metavar="D")
     _add_common(w)
 
+    t = sub.add_parser("train", help="train the 'wrong' LoRA from the rejected images")
+    t.add_argument("--preset", default="woolf", metavar="NAME", help="woolf (default), 12gb or cpu-demo")
+    t.add_argument("--token", metavar="T", help="instance token (default wrong)")
+    t.add_argument("--rank", type=int, metavar="R")
+    t.add_argument("--alpha", type=float, metavar="A", help="LoRA alpha (default: the rank)")
+    t.add_argument("--feed-forward", action="store_true", default=None, help="also adapt the feed-forward layers")
+    t.add_argument("--steps", type=int, metavar="N")
+    t.add_argument("--lr", type=float, metavar="X")
+    t.add_argument("--lr-schedule", metavar="S", help="constant, constant_with_warmup or cosine")
+    t.add_argument("--warmup", type=int, dest="warmup_steps", metavar="N")
+    t.add_argument("--resolution", type=int, metavar="N", help="default: the model's native size")
+    t.add_argument("--batch", type=int, metavar="B")
+    t.add_argument("--grad-accum", type=int, metavar="N")
+    t.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
+    t.add_argument("--min-snr", type=float, dest="min_snr_gamma", metavar="G", help="min-SNR gamma (e.g. 5)")
+    t.add_argument("--noise-offset", type=float, metavar="X")
+    t.add_argument("--optimizer", metavar="O", help="adamw or adamw8bit (CUDA, needs the cuda extra)")
+    t.add_argument("--mixed-precision", metavar="P", help="auto, no, bf16 or fp16")
+    t.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    t.add_argument("--seed", type=int, metavar="S")
+    t.add_argument("--checkpoint-every", type=int, metavar="N")
+    t.add_argument("--keep-last", type=int, metavar="K", help="checkpoints kept (0: all)")
+    t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="P")
+    t.add_argument("--validation-steps", type=int, metavar="N", help="sampling steps of validation images (0: none)")
+    t.add_argument("--reason", action="append", dest="reasons", metavar="R", help="only rejects with this reason")
+    t.add_argument("--captions-with-reasons", action="store_true", default=None, help='captions like "wrong, hands"')
+    t.add_argument("--extra", action="append", metavar="PATH", help="more files or folders to train on")
+    t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    t.add_argument("--model", metavar="M")
+    t.add_argument("--device", metavar="D")
+    _add_common(t)
+
     r = sub.add_parser("rate", help="reject, pick or clear images")
     r.add_argument("image_id", nargs="+", type=int, metavar="IMAGE_ID")
     r.add_argument("verdict", choices=["reject", "pick", "clear"])
@@ -287,9 +319,8 @@ def cmd_make_wrong(args) -> int:
     return 0
 
 
-def _load_for_generation(args, generator_cls):
+def _load_model(args):
     from negalora.device import choose_placement
-    from negalora.hashing import HashCache
     from negalora.home import resolve_home
     from negalora.models.loader import load_model
 
@@ -298,7 +329,102 @@ def _load_for_generation(args, generator_cls):
     model = load_model(
         _model_spec(args, home), home, placement, vae=getattr(args, "vae", None), refiner=getattr(args, "refiner", None)
     )
+    return home, model
+
+
+def _load_for_generation(args, generator_cls):
+    from negalora.hashing import HashCache
+
+    home, model = _load_model(args)
     return home, model, generator_cls(model, HashCache(home.cache / "hashes.json"))
+
+
+TRAIN_FIELDS = (
+    "token",
+    "rank",
+    "alpha",
+    "feed_forward",
+    "steps",
+    "lr",
+    "lr_schedule",
+    "warmup_steps",
+    "resolution",
+    "batch",
+    "grad_accum",
+    "flip",
+    "min_snr_gamma",
+    "noise_offset",
+    "optimizer",
+    "mixed_precision",
+    "gradient_checkpointing",
+    "seed",
+    "checkpoint_every",
+    "keep_last",
+    "validation_prompts",
+    "validation_steps",
+    "reasons",
+    "captions_with_reasons",
+    "extra",
+)
+
+
+def cmd_train(args) -> int:
+    from negalora.train.config import preset
+    from negalora.train.trainer import Trainer
+
+    overrides = {f: getattr(args, f) for f in TRAIN_FIELDS}
+    for f in ("validation_prompts", "reasons", "extra"):
+        overrides[f] = tuple(overrides[f]) if overrides[f] else None
+    config = preset(args.preset, **overrides)
+    config.check()
+    home, model = _load_model(args)
+    from negalora.store import Store
+
+    store = Store(home)
+    last = {}
+
+    def on_event(e):
+        if e["type"] == "preflight" and not args.json:
+            for r in e["refused"]:
+                print(f"negalora: refused {r['path']}: {r['reason']}", file=sys.stderr)
+            for w in e["warnings"]:
+                print(f"negalora: warning: {w}", file=sys.stderr)
+        elif e["type"] == "train_step":
+            last.update(e)
+            if not args.json and (e["step"] % 10 == 0 or e["step"] == e["steps"]):
+                print(f"step {e['step']}/{e['steps']}  loss {e['loss']:.4f}  {e['it_s']:.2f} it/s", file=sys.stderr)
+        elif e["type"] == "nan_skip" and not args.json:
+            print(f"negalora: step {e['step']}: non-finite loss, skipped", file=sys.stderr)
+
+    from negalora.cancel import CancelToken
+
+    cancel = CancelToken()
+    trainer = Trainer(home, store, model, on_event=on_event, cancel=cancel)
+    try:
+        result = trainer.resume(args.resume) if args.resume else trainer.start(config)
+    except KeyboardInterrupt:
+        print("negalora: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    finally:
+        store.close()
+    payload = {
+        "run": result.run_id,
+        "status": result.status,
+        "steps_done": result.steps_done,
+        "final_loss": result.final_loss,
+        "checkpoints": result.checkpoints,
+        "message": result.message,
+    }
+    lines = [
+        f"run {result.run_id}: {result.status} at step {result.steps_done}"
+        + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else "")
+    ]
+    lines += [f"  {c}" for c in result.checkpoints]
+    _emit(args, payload, lines)
+    if result.status == "stopped_nan":
+        print(f"negalora: error: {result.message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_rate(args) -> int:
@@ -366,8 +492,14 @@ def cmd_list(args) -> int:
             rows = store.models()
             lines = [f"#{r['id']:<4} {r['name']:24} {r['source']:7} {r['hash'][:10]}  {r['location']}" for r in rows]
         else:
-            rows = []  # training runs arrive with the trainer
-            lines = []
+            rows = store.runs()
+            for r in rows:
+                r["config"] = json.loads(r["config"])
+            lines = [
+                f"{r['id']}  {r['status']:11} step {r['steps_done']:>6}/{r['config']['steps']:<6} "
+                f"{r['images']} images  loss {r['final_loss'] if r['final_loss'] is not None else '-'}"
+                for r in rows
+            ]
     finally:
         store.close()
     _emit(args, {args.what: rows}, lines or [f"no {args.what}"])
@@ -416,6 +548,7 @@ COMMANDS = {
     "gui": cmd_gui,
     "generate": cmd_generate,
     "make-wrong": cmd_make_wrong,
+    "train": cmd_train,
     "rate": cmd_rate,
     "import": cmd_import,
     "list": cmd_list,

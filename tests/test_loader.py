@@ -56,3 +56,21 @@ def test_refiner_handoff(demo_model, home, tmp_path):
     assert steps[-1] == 10  # base 8 steps + refiner 2 steps
     with pytest.raises(NegaloraError, match="SDXL base model, not a refiner|no such refiner"):
         load_model("demo", home, choose_placement("cpu"), refiner=str(tmp_path / "missing.safetensors"))
+
+
+def test_a_separate_vae_is_used(demo_model, home, tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_config(demo_model.pipe.vae.config)
+    vae.load_state_dict(demo_model.pipe.vae.state_dict())
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.5)  # a visibly brighter decoder
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    with_vae = load_model("demo", home, choose_placement("cpu"), vae=str(tmp_path / "vae"))
+    req = GenerateRequest(prompts=("a red circle",), seed=3, steps=4)
+    brighter = np.asarray(Generator(with_vae).render(Generator(with_vae).plan(req)[0]), dtype=np.float32)
+    base_gen = Generator(demo_model)
+    normal = np.asarray(base_gen.render(base_gen.plan(req)[0]), dtype=np.float32)
+    assert brighter.mean() > normal.mean() + 20
+    with pytest.raises(NegaloraError, match="no such VAE"):
+        load_model("demo", home, choose_placement("cpu"), vae=str(tmp_path / "missing"))

@@ -235,6 +235,68 @@ class Store:
             "unrated": total - sum(by.values()),
         }
 
+    # -- training runs ------------------------------------------------------------------
+
+    def create_run(self, run_id: str, model_id: int | None, config_json: str, images: int) -> None:
+        stamp = now()
+        with self.db.atomic():
+            self.db["runs"].insert(
+                {
+                    "id": run_id,
+                    "created": stamp,
+                    "updated": stamp,
+                    "status": "running",
+                    "model_id": model_id,
+                    "config": config_json,
+                    "images": images,
+                }
+            )
+
+    def update_run(self, run_id: str, **fields) -> None:
+        with self.db.atomic():
+            self.db["runs"].update(run_id, {**fields, "updated": now()})
+
+    def run(self, run_id: str) -> dict:
+        rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+        if not rows:
+            raise NegaloraError(f"run {run_id}: no such training run")
+        return rows[0]
+
+    def runs(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM runs ORDER BY created DESC"))
+
+    def log_loss(self, run_id: str, step: int, loss: float, lr: float) -> None:
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT OR REPLACE INTO run_losses (run_id, step, loss, lr) VALUES (?, ?, ?, ?)",
+                [run_id, step, loss, lr],
+            )
+
+    def losses(self, run_id: str) -> list[tuple[int, float]]:
+        return [
+            (r[0], r[1])
+            for r in self.db.execute("SELECT step, loss FROM run_losses WHERE run_id = ? ORDER BY step", [run_id])
+        ]
+
+    def add_checkpoint(self, run_id: str, step: int, path: Path, sha256: str) -> None:
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, step, path, sha256, created, removed) "
+                "VALUES (?, ?, ?, ?, ?, 0)",
+                [run_id, step, str(Path(path).relative_to(self.home.root)), sha256, now()],
+            )
+
+    def mark_checkpoint_removed(self, run_id: str, step: int) -> None:
+        with self.db.atomic():
+            self.db.execute("UPDATE checkpoints SET removed = 1 WHERE run_id = ? AND step = ?", [run_id, step])
+
+    def checkpoints(self, run_id: str, include_removed: bool = False) -> list[dict]:
+        sql = "SELECT * FROM checkpoints WHERE run_id = ?" + ("" if include_removed else " AND removed = 0")
+        rows = list(self.db.query(sql + " ORDER BY step", [run_id]))
+        for r in rows:
+            r["path"] = str(self.home.root / r["path"])
+        return rows
+
 
 _IMAGE_SELECT = """
 SELECT i.id, i.sha256, i.path, i.width, i.height, i.source, i.original_name, i.created, i.generation_id,

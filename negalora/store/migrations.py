@@ -58,6 +58,38 @@ CREATE TABLE rating_events (
 CREATE INDEX rating_events_image ON rating_events(image_id);
 """
 
+V2 = """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,               -- also the folder name under <home>/runs/
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    status TEXT NOT NULL,              -- running | done | cancelled | failed | stopped_nan
+    model_id INTEGER REFERENCES models(id),
+    config TEXT NOT NULL,              -- JSON (negalora.train.config.TrainConfig)
+    images INTEGER NOT NULL,           -- training images after pre-flight
+    steps_done INTEGER NOT NULL DEFAULT 0,
+    final_loss REAL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE run_losses (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    loss REAL NOT NULL,
+    lr REAL NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    path TEXT NOT NULL,                -- relative to the home directory
+    sha256 TEXT NOT NULL,
+    created TEXT NOT NULL,
+    removed INTEGER NOT NULL DEFAULT 0, -- pruned by keep-last-K
+    UNIQUE (run_id, step)
+);
+"""
+
 # Index i holds the SQL that takes the schema from version i to i + 1.
-MIGRATIONS: list[str] = [V1]
+MIGRATIONS: list[str] = [V1, V2]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,1 @@
+"""Training the "wrong" LoRA: dataset pre-flight, buckets, caches, the trainer and its checkpoints."""

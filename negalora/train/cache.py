@@ -1,0 +1,72 @@
+"""Caches of what the frozen parts of SDXL compute: VAE latents per image and bucket, text-encoder
+outputs per caption. Computed once, kept on disk under <home>/cache, keyed by the model's hash,
+the image's pixel hash, the bucket and the flip, so a second run (or a resume) encodes nothing."""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from negalora.atomic import atomic_write_bytes
+
+
+@dataclass
+class Sample:
+    latents: torch.Tensor  # [4, h/8, w/8] fp32, already multiplied by the VAE's scaling factor
+    time_ids: torch.Tensor  # [6]: original size, crop top-left, target size
+    caption: str
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save as save_bytes
+
+    atomic_write_bytes(path, save_bytes({k: v.contiguous() for k, v in tensors.items()}))
+
+
+class LatentCache:
+    def __init__(self, root: Path, model_hash: str):
+        self.root = Path(root) / "latents" / model_hash[:16]
+
+    def path(self, sha: str, bucket: tuple[int, int], flip: bool) -> Path:
+        return self.root / f"{bucket[0]}x{bucket[1]}" / f"{sha}{'-flip' if flip else ''}.safetensors"
+
+    @torch.no_grad()
+    def get(self, vae, image, sha: str, bucket, flip: bool, caption: str) -> Sample:
+        from negalora.train.buckets import prepare
+
+        path = self.path(sha, bucket, flip)
+        if path.exists():
+            try:
+                data = load_file(str(path))
+                return Sample(data["latents"], data["time_ids"], caption)
+            except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+                path.unlink(missing_ok=True)
+        prepared = prepare(image, bucket, flip=flip)
+        pixels = prepared.pixels.unsqueeze(0).to(vae.device, vae.dtype)
+        # The distribution's mean, not a sample: the cache stays deterministic.
+        latents = vae.encode(pixels).latent_dist.mean[0].float().cpu() * vae.config.scaling_factor
+        time_ids = prepared.time_ids().float()
+        _save(path, {"latents": latents, "time_ids": time_ids})
+        return Sample(latents, time_ids, caption)
+
+
+class TextCache:
+    def __init__(self, root: Path, model_hash: str):
+        self.root = Path(root) / "text" / model_hash[:16]
+
+    def get(self, conditioner, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt embeds [77, D], pooled [P]) for a caption, fp32 on the CPU."""
+        key = hashlib.sha256(caption.encode("utf-8")).hexdigest()
+        path = self.root / f"{key}.safetensors"
+        if path.exists():
+            try:
+                data = load_file(str(path))
+                return data["embeds"], data["pooled"]
+            except Exception:  # noqa: BLE001
+                path.unlink(missing_ok=True)
+        cond = conditioner.encode(caption, "")
+        embeds, pooled = cond.embeds[0].float().cpu(), cond.pooled[0].float().cpu()
+        _save(path, {"embeds": embeds, "pooled": pooled})
+        return embeds, pooled

@@ -1,0 +1,110 @@
+"""Training settings, their presets, and the checks made before a run starts."""
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from negalora.errors import NegaloraError
+
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit")
+MIXED = ("no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    token: str = "wrong"
+    captions_with_reasons: bool = False  # "wrong, bad hands" instead of "wrong"
+    reasons: tuple[str, ...] = ()  # only rejects with one of these reason tags (empty: all)
+    rank: int = 4
+    alpha: float | None = None  # None: alpha = rank (scale 1), as Woolf's LoRA
+    feed_forward: bool = False  # also adapt the transformer blocks' feed-forward layers
+    steps: int = 500
+    lr: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    batch: int = 1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    resolution: int | None = None  # None: the model's native size (1024 on SDXL)
+    flip: bool = False
+    min_snr_gamma: float | None = None  # 5.0 is the usual value
+    noise_offset: float = 0.0
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-2
+    mixed_precision: str = "auto"  # auto: bf16 / fp16 on a GPU, no on the CPU
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_last: int = 5  # checkpoints kept on disk (0: all)
+    validation_prompts: tuple[str, ...] = ()
+    validation_seed: int = 1234
+    validation_steps: int = 20
+    max_nan_steps: int = 5  # stop after this many non-finite losses in a row
+    extra: tuple[str, ...] = field(default_factory=tuple)  # files or folders trained on besides the rejects
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return ATTENTION + (FEED_FORWARD if self.feed_forward else ())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**clean)
+
+    def check(self) -> None:
+        if self.rank < 1 or self.rank > 1024:
+            raise NegaloraError(f"rank {self.rank}: must be between 1 and 1024")
+        if self.steps < 1:
+            raise NegaloraError(f"steps {self.steps}: must be at least 1")
+        if not (0 < self.lr < 1):
+            raise NegaloraError(f"learning rate {self.lr}: must be between 0 and 1")
+        if self.batch < 1 or self.grad_accum < 1:
+            raise NegaloraError("batch and gradient accumulation must be at least 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise NegaloraError(f"lr schedule {self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise NegaloraError(f"optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.mixed_precision not in (*MIXED, "auto"):
+            raise NegaloraError(f"mixed precision {self.mixed_precision!r}: choose auto, no, bf16 or fp16")
+        if self.resolution is not None and (self.resolution % 8 or self.resolution < 8):
+            raise NegaloraError(f"resolution {self.resolution}: must be a multiple of 8")
+        if self.checkpoint_every < 1:
+            raise NegaloraError(f"checkpoint every {self.checkpoint_every}: must be at least 1")
+        if not self.token.strip():
+            raise NegaloraError("the instance token must not be empty")
+
+
+PRESETS = {
+    # Woolf's published LoRA: rank 4 on the UNet attention, LR 1e-4.
+    "woolf": TrainConfig(rank=4, lr=1e-4, steps=500, batch=1, checkpoint_every=100),
+    # A 12 GB card: gradient checkpointing, 8-bit AdamW, bf16/fp16, accumulation instead of a big batch.
+    "12gb": TrainConfig(
+        rank=8,
+        lr=1e-4,
+        steps=800,
+        batch=1,
+        grad_accum=4,
+        gradient_checkpointing=True,
+        optimizer="adamw8bit",
+        min_snr_gamma=5.0,
+        checkpoint_every=200,
+    ),
+    # The demo model on a CPU: small, quick, still a real run.
+    "cpu-demo": TrainConfig(rank=4, lr=1e-3, steps=100, batch=4, checkpoint_every=25, validation_steps=12),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise NegaloraError(f"preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,367 @@
+"""Collecting the rejected images and checking every one of them before training starts.
+
+Pre-flight decodes each file fully, so a truncated download, a renamed PDF or a decompression bomb is
+reported with its reason up front instead of crashing the trainer an hour in.
+"""
+
+import hashlib
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from negalora.errors import NegaloraError
+
+# Well above an 8K frame (7680x4320 = 33 MP) and a 50 MP camera, far below a bomb: a 64 MP RGB image
+# decodes to 192 MB, while a crafted 40000x40000 PNG of a few KB would ask for 4.8 GB.
+MAX_PIXELS = 64_000_000
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+
+# PIL plugin names tried when opening; anything else is refused even when renamed to .png, so no
+# other parser (EPS through Ghostscript, for one) ever sees the file.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+
+# First bytes of formats people drop by mistake, to name them in the refusal; never parsed further.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"%PDF", "PDF"),
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"GIF8", "GIF"),
+    (b"8BPS", "Photoshop PSD"),
+)
+
+WHITE = (255, 255, 255)
+
+# Modes PIL converts to 8-bit RGB correctly by itself (LAB and HSV included); the high-depth greys are
+# scaled separately, and anything else is refused by name rather than guessed at.
+_PLAIN_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+
+
+class PreflightError(NegaloraError):
+    """A file that cannot be trained on; the message is the short reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What to train on, before any decoding."""
+
+    path: Path
+    image_id: int | None  # store id, None for files given directly
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainImage:
+    """A file that passed pre-flight."""
+
+    path: Path
+    image_id: int | None
+    sha256: str  # of the decoded RGB pixels and size, so the same picture in two files is one image
+    caption: str
+    width: int  # after EXIF orientation
+    height: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    path: Path
+    reason: str
+
+
+@dataclass
+class Preflight:
+    images: list[TrainImage] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# -- collecting -----------------------------------------------------------------------------
+
+
+def collect_rejects(
+    store,
+    *,
+    reasons: Sequence[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    extra: Sequence[Path] = (),
+) -> list[Candidate]:
+    """Rejected store images (oldest first), filtered by reason tags and time, then the files in ``extra``.
+
+    The time checked is when the image was rejected (the rating's ``updated``), falling back to the
+    image's ``created``: "since" is about the culling session, not when the picture was made.
+    """
+    wanted = {r.casefold() for r in reasons} if reasons else None
+    in_window = _time_window(since, until)
+    rejected_at = _rejected_at(store)
+    out = []
+    for row in sorted(store.images(verdict="reject"), key=lambda r: r["id"]):
+        tags = tuple(row.get("reasons") or ())
+        if wanted is not None and not wanted & {t.casefold() for t in tags}:
+            continue
+        if not in_window(rejected_at.get(row["id"]) or row["created"]):
+            continue
+        out.append(Candidate(Path(row["path"]), row["id"], tags))
+    return out + [Candidate(p, None) for p in expand_extra(extra)]
+
+
+def expand_extra(paths: Sequence[Path]) -> list[Path]:
+    """Files as given (pre-flight judges them), folders walked recursively for image suffixes.
+
+    Hidden files are skipped in folders: macOS leaves ``._name.png`` resource forks on shared drives.
+    A path that does not exist is kept, so pre-flight lists it as refused rather than dropping it silently.
+    """
+    out: list[Path] = []
+    for p in (Path(x).expanduser() for x in paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if _is_image_file(f, p))
+        else:
+            out.append(p)
+    return out
+
+
+def _is_image_file(f: Path, root: Path) -> bool:
+    hidden = any(part.startswith(".") for part in f.relative_to(root).parts)
+    return not hidden and f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+
+
+def _rejected_at(store) -> dict[int, str]:
+    """When each image was rejected; ``Store.images`` does not return the rating time."""
+    rows = store.db.execute("SELECT image_id, updated FROM ratings WHERE verdict = 'reject'").fetchall()
+    return dict(rows)
+
+
+def _time_window(since: str | None, until: str | None):
+    """A predicate on ISO timestamps; a date-only ``until`` includes that whole day."""
+    lo = _parse_when(since, "since") if since else None
+    hi = _parse_when(until, "until") if until else None
+    if hi is not None and _is_date_only(until):
+        hi += timedelta(days=1) - timedelta(microseconds=1)
+
+    def check(stamp: str) -> bool:
+        when = _parse_when(stamp, "stored timestamp")
+        return (lo is None or when >= lo) and (hi is None or when <= hi)
+
+    return check
+
+
+def _parse_when(text: str, what: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise NegaloraError(f"{what} {text!r}: not an ISO date or time (e.g. 2025-05-01 or 2025-05-01T14:30)") from exc
+    # The store writes UTC; a bare time a person typed means their local clock.
+    return when.astimezone(UTC) if when.tzinfo is None else when
+
+
+def _is_date_only(text: str) -> bool:
+    return re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", text) is not None
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Fully decode ``path`` to an 8-bit RGB image, upright per EXIF, alpha flattened onto white.
+
+    Raises PreflightError with a short reason for anything that cannot be trained on safely.
+    """
+    path = Path(path)
+    _check_file(path)
+    with _open_checked(path, max_pixels) as im:
+        try:
+            im.load()
+            upright = ImageOps.exif_transpose(im)
+        except MemoryError as exc:
+            raise PreflightError("too large to decode (out of memory)") from exc
+        except Exception as exc:  # damaged files make PIL raise almost anything (struct.error, IndexError, ...)
+            raise PreflightError(_decode_reason(exc)) from exc
+        return to_rgb(upright)
+
+
+def _check_file(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise PreflightError("no such file") from None
+    except OSError as exc:
+        raise PreflightError(f"cannot read ({exc.strerror or exc})") from exc
+    if not path.is_file():
+        raise PreflightError("not a file")
+    if size == 0:
+        raise PreflightError("zero-byte file")
+
+
+def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+    """Open (header only) with the format allow-list, and refuse bombs before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path, formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PreflightError(_bomb_reason(str(exc))) from exc
+    except UnidentifiedImageError as exc:
+        raise PreflightError(_unidentified_reason(path)) from exc
+    except Exception as exc:  # a damaged header can raise struct.error, IndexError, ...
+        raise PreflightError(_decode_reason(exc)) from exc
+    pixels = im.width * im.height
+    if pixels > max_pixels:
+        im.close()
+        raise PreflightError(f"decompression bomb ({pixels} pixels; the limit is {max_pixels})")
+    return im
+
+
+def _bomb_reason(message: str) -> str:
+    found = re.search(r"\((\d+) pixels\)", message)
+    return f"decompression bomb ({found.group(1)} pixels)" if found else f"decompression bomb ({message})"
+
+
+def _unidentified_reason(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    kind = _sniff(head)
+    if kind in ALLOWED_FORMATS:
+        return f"damaged {kind} file (header unreadable, perhaps truncated)"
+    if kind:
+        return f"{kind} is not accepted (only {', '.join(ALLOWED_FORMATS)})"
+    return "not an image"
+
+
+def _sniff(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp":
+        return "HEIC/AVIF"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+
+
+def _decode_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "truncated" in text.lower():
+        return "truncated file"
+    return f"cannot decode ({text})" if text else f"cannot decode ({type(exc).__name__})"
+
+
+# -- colour conversion ----------------------------------------------------------------------
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL decodes; a new image, detached from the file."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(im)
+    if im.mode not in _PLAIN_MODES:
+        raise PreflightError(f"unsupported colour mode {im.mode}")
+    if _has_alpha(im):
+        return _flatten(im.convert("RGBA"))
+    return im.convert("RGB")
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return True
+    return im.mode in ("P", "L", "RGB") and "transparency" in im.info  # PNG tRNS chunk
+
+
+def _flatten(rgba: Image.Image) -> Image.Image:
+    """Transparent areas become white: the VAE has no alpha, and PIL's plain convert turns them black."""
+    out = Image.new("RGB", rgba.size, WHITE)
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
+
+
+def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """Scale 16-bit and float greys to 0-255 ourselves: PIL's convert("L") clips them instead."""
+    values = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
+        # Float images are 0-1 by convention; larger values are taken as 0-255 already.
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0  # "I" is how PIL gives 16-bit PNG/TIFF greys in some versions
+    grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def pixel_sha256(im: Image.Image) -> str:
+    """Identity of the picture itself: the same pixels saved as PNG and BMP hash the same."""
+    h = hashlib.sha256(f"{im.mode} {im.width}x{im.height}\n".encode())
+    h.update(im.tobytes())
+    return h.hexdigest()
+
+
+# -- pre-flight -----------------------------------------------------------------------------
+
+
+def caption_for(candidate: Candidate, token: str = "wrong", with_reasons: bool = False) -> str:
+    """``wrong`` or, with reasons, ``wrong, bad hands, blur`` (tags in their stored order, once each)."""
+    if not with_reasons:
+        return token
+    tags = [t.strip() for t in candidate.reasons if t.strip()]
+    return ", ".join([token, *dict.fromkeys(tags)])
+
+
+def preflight(
+    candidates: Sequence[Candidate],
+    *,
+    token: str = "wrong",
+    with_reasons: bool = False,
+    min_images: int = 5,
+    max_pixels: int = MAX_PIXELS,
+) -> Preflight:
+    """Decode every candidate now; keep one copy of each picture and list every refusal with its reason."""
+    result = Preflight()
+    first_seen: dict[str, Path] = {}
+    for cand in candidates:
+        try:
+            image = _check_one(cand, token, with_reasons, max_pixels)
+        except PreflightError as exc:
+            result.refused.append(Refused(cand.path, exc.reason))
+            continue
+        if image.sha256 in first_seen:
+            result.refused.append(Refused(cand.path, f"exact duplicate of {first_seen[image.sha256]}"))
+            continue
+        first_seen[image.sha256] = cand.path
+        result.images.append(image)
+    result.warnings += _count_warnings(len(result.images), min_images)
+    return result
+
+
+def _check_one(cand: Candidate, token: str, with_reasons: bool, max_pixels: int) -> TrainImage:
+    im = load_rgb(cand.path, max_pixels)
+    try:
+        return TrainImage(
+            path=cand.path,
+            image_id=cand.image_id,
+            sha256=pixel_sha256(im),
+            caption=caption_for(cand, token, with_reasons),
+            width=im.width,
+            height=im.height,
+        )
+    finally:
+        im.close()  # only the facts are kept: 100 decoded 8K images would not fit in memory
+
+
+def _count_warnings(count: int, min_images: int) -> list[str]:
+    if count >= min_images:
+        return []
+    if count == 0:
+        return [f"no usable images: a LoRA needs at least {min_images}; 15-100 is typical"]
+    noun = "image" if count == 1 else "images"
+    return [f"only {count} {noun}: a LoRA needs at least {min_images}; 15-100 is typical"]

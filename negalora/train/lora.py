@@ -1,0 +1,81 @@
+"""The LoRA itself: adding it to the UNet with peft, and writing it in diffusers' format."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from negalora.train.config import TrainConfig
+
+ADAPTER = "default"
+
+
+def lora_config(config: TrainConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.lora_alpha,
+        init_lora_weights="gaussian",  # as diffusers' SDXL DreamBooth script: B = 0, so step 0 is the base model
+        target_modules=list(config.target_modules),
+    )
+
+
+def add_lora(unet, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Freeze the UNet, add the adapter, keep the LoRA weights in fp32; returns the trainable parameters."""
+    unet.requires_grad_(False)
+    unet.add_adapter(lora_config(config), adapter_name=ADAPTER)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def peft_state(unet) -> dict[str, torch.Tensor]:
+    """peft-style keys (``…to_q.lora_A.weight``), detached on the CPU in fp32."""
+    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def load_peft_state(unet, state: dict[str, torch.Tensor]) -> None:
+    result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"LoRA state has keys the model does not: {unexpected[:3]}")
+
+
+def save_diffusers_lora(unet, path: Path, config: TrainConfig) -> Path:
+    """Write ``path`` as diffusers' ``pytorch_lora_weights.safetensors`` (with ``lora_adapter_metadata``),
+    atomically: the library writes into a temp folder beside it, then the file is moved into place."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=path.parent))
+    try:
+        StableDiffusionXLPipeline.save_lora_weights(
+            str(tmp),
+            unet_lora_layers=convert_state_dict_to_diffusers(peft_state(unet)),
+            unet_lora_adapter_metadata=lora_config(config).to_dict(),
+            weight_name="lora.safetensors",
+        )
+        written = tmp / "lora.safetensors"
+        with open(written, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(written, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_diffusers_lora_as_peft(path: Path) -> dict[str, torch.Tensor]:
+    """Read a file written by ``save_diffusers_lora`` back into peft-style UNet keys."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    state = load_file(str(path))
+    unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    return convert_unet_state_dict_to_peft(unet_state)

@@ -1,0 +1,510 @@
+"""The DreamBooth LoRA trainer for the "wrong" token.
+
+One run: pre-flight the rejects, cache latents and text embeddings, train a peft LoRA on the UNet
+(accelerate places it and handles mixed precision), write checkpoints with their resume state and
+validation images, and log a loss for every step. A run resumes from its last checkpoint and, on
+the CPU, ends with the same weights as an uninterrupted one.
+"""
+
+import json
+import resource
+import secrets
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from negalora.cancel import CancelToken
+from negalora.errors import NegaloraError
+from negalora.hashing import sha256_file
+from negalora.home import Home
+from negalora.models.loader import LoadedModel
+from negalora.store import Store
+from negalora.train.cache import LatentCache, Sample, TextCache
+from negalora.train.config import TrainConfig
+from negalora.train.lora import add_lora, load_diffusers_lora_as_peft, load_peft_state, save_diffusers_lora
+from negalora.train.resume_state import load_resume_state, save_resume_state
+
+DEFAULT_VALIDATION_PROMPTS = ("a photo of a person", "a landscape painting")
+DEMO_VALIDATION_PROMPTS = ("a red circle on a blue background", "a yellow square on a black background")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    status: str  # done | cancelled | failed | stopped_nan
+    steps_done: int
+    final_loss: float | None
+    checkpoints: list[str]
+    message: str = ""
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _mixed_precision(config: TrainConfig, device: torch.device) -> str:
+    if config.mixed_precision != "auto":
+        return config.mixed_precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, step, …): resumes replay it exactly."""
+    value = 0
+    for p in parts:
+        value = (value * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator("cpu").manual_seed(value)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Trainer:
+    def __init__(
+        self,
+        home: Home,
+        store: Store,
+        model: LoadedModel,
+        on_event: Callable[[dict], None] | None = None,
+        cancel: CancelToken | None = None,
+    ):
+        self.home = home
+        self.store = store
+        self.model = model
+        self.on_event = on_event or (lambda e: None)
+        self.cancel = cancel or CancelToken()
+
+    # -- public ---------------------------------------------------------------------------
+
+    def start(self, config: TrainConfig, *, since: str | None = None, until: str | None = None) -> RunResult:
+        """A new run on the store's rejects (and ``config.extra`` files)."""
+        from negalora.train.dataset import collect_rejects, preflight
+
+        config.check()
+        candidates = collect_rejects(
+            self.store, reasons=config.reasons or None, since=since, until=until, extra=[Path(p) for p in config.extra]
+        )
+        report = preflight(candidates, token=config.token, with_reasons=config.captions_with_reasons)
+        self.on_event(
+            {
+                "type": "preflight",
+                "images": len(report.images),
+                "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
+                "warnings": report.warnings,
+            }
+        )
+        if not report.images:
+            raise NegaloraError("no training images: reject some images first (or pass files to train on)")
+        if not config.validation_prompts:
+            config = _with_validation_prompts(config, self.model)
+        run_id = new_run_id()
+        run_dir = self.home.runs / run_id
+        (run_dir / "checkpoints").mkdir(parents=True)
+        from negalora.atomic import atomic_write_text
+
+        atomic_write_text(run_dir / "config.json", config.to_json())
+        dataset = {
+            "images": [{**asdict(i), "path": str(i.path)} for i in report.images],
+            "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
+            "warnings": report.warnings,
+            "model": {"name": self.model.name, "location": self.model.location, "sha256": self.model.sha256},
+        }
+        atomic_write_text(run_dir / "dataset.json", json.dumps(dataset, indent=2))
+        model_id = self.store.ensure_model(self.model.name, self.model.source, self.model.location, self.model.sha256)
+        self.store.create_run(run_id, model_id, config.to_json(), len(report.images))
+        return self._run(run_id, config, report.images, start_step=0)
+
+    def resume(self, run_id: str) -> RunResult:
+        """Continue a run from its last checkpoint; the step count keeps counting."""
+        from negalora.train.dataset import TrainImage
+
+        row = self.store.run(run_id)
+        run_dir = self.home.runs / run_id
+        config = TrainConfig.from_dict(json.loads(row["config"]))
+        dataset = json.loads((run_dir / "dataset.json").read_text(encoding="utf-8"))
+        if dataset["model"]["sha256"] != self.model.sha256:
+            raise NegaloraError(
+                f"run {run_id} was trained on model {dataset['model']['name']}; load that model to resume it"
+            )
+        images = [TrainImage(**{**i, "path": Path(i["path"])}) for i in dataset["images"]]
+        checkpoints = self.store.checkpoints(run_id)
+        start = checkpoints[-1]["step"] if checkpoints else 0
+        if start >= config.steps:
+            raise NegaloraError(f"run {run_id} already finished its {config.steps} steps")
+        self.store.update_run(run_id, status="running", message="")
+        return self._run(run_id, config, images, start_step=start, resume_from=checkpoints[-1] if checkpoints else None)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def _log(self, run_dir: Path, line: str) -> None:
+        with open(run_dir / "log.txt", "a", encoding="utf-8") as fh:
+            fh.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}\n")
+
+    def _prepare_samples(self, config: TrainConfig, images) -> tuple[list[list[Sample]], dict]:
+        """Latents for every image (and its mirror when flipping) and embeddings for every caption."""
+        from negalora.train.buckets import make_buckets, nearest_bucket
+        from negalora.train.dataset import load_rgb
+
+        pipe = self.model.pipe
+        resolution = config.resolution or self.model.native_size
+        step = 64 if resolution >= 512 else 8
+        buckets = make_buckets(resolution, step)
+        latents = LatentCache(self.home.cache, self.model.sha256)
+        texts = TextCache(self.home.cache, self.model.sha256)
+        samples: list[list[Sample]] = []
+        for n, img in enumerate(images):
+            self.cancel.raise_if_cancelled()
+            rgb = None
+            variants = []
+            for flip in (False, True) if config.flip else (False,):
+                bucket = nearest_bucket(img.width, img.height, buckets)
+                if not latents.path(img.sha256, bucket, flip).exists() and rgb is None:
+                    rgb = load_rgb(img.path)
+                variants.append(latents.get(pipe.vae, rgb, img.sha256, bucket, flip, img.caption))
+            samples.append(variants)
+            self.on_event({"type": "caching", "done": n + 1, "total": len(images)})
+        from negalora.prompts import Conditioner
+
+        conditioner = Conditioner(pipe)
+        text = {c: texts.get(conditioner, c) for c in sorted({s[0].caption for s in samples})}
+        return samples, text
+
+    def _batch(self, config: TrainConfig, samples, text, step: int, micro: int, world: int, rank: int):
+        """The micro-batch for (step, micro): a seeded permutation per epoch, so resumes see the same data."""
+        n = len(samples)
+        per = config.batch
+        first = ((step - 1) * config.grad_accum + micro) * per * world + rank * per
+        chosen = []
+        for i in range(first, first + per):
+            epoch, pos = divmod(i, n)
+            perm = torch.randperm(n, generator=_seeded(config.seed, epoch, 7))
+            variants = samples[int(perm[pos])]
+            flip = int(torch.randint(len(variants), (1,), generator=_seeded(config.seed, i, 11)))
+            chosen.append(variants[flip])
+        shapes = {tuple(s.latents.shape) for s in chosen}
+        if len(shapes) > 1:  # buckets differ: keep the first image's bucket for this batch
+            chosen = [s for s in chosen if tuple(s.latents.shape) == tuple(chosen[0].latents.shape)]
+        latents = torch.stack([s.latents for s in chosen])
+        time_ids = torch.stack([s.time_ids for s in chosen])
+        embeds = torch.stack([text[s.caption][0] for s in chosen])
+        pooled = torch.stack([text[s.caption][1] for s in chosen])
+        return latents, time_ids, embeds, pooled
+
+    def _loss(self, unet, noise_scheduler, config, batch, step: int, micro: int, device, weight_dtype):
+        latents, time_ids, embeds, pooled = (t.to(device) for t in batch)
+        g = _seeded(config.seed, step, micro, 3)
+        noise = torch.randn(latents.shape, generator=g).to(device)
+        if config.noise_offset:
+            noise = noise + config.noise_offset * torch.randn(
+                (latents.shape[0], latents.shape[1], 1, 1), generator=g
+            ).to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
+        timesteps = timesteps.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = unet(
+            noisy.to(weight_dtype),
+            timesteps,
+            embeds.to(weight_dtype),
+            added_cond_kwargs={"time_ids": time_ids.to(weight_dtype), "text_embeds": pooled.to(weight_dtype)},
+            return_dict=False,
+        )[0]
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        if config.min_snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float(), reduction="mean")
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.stack([snr, config.min_snr_gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+        weights = weights / (snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr)
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights
+        return loss.mean()
+
+    def _optimizer(self, config: TrainConfig, params, device):
+        if config.optimizer == "adamw8bit":
+            if device.type != "cuda":
+                raise NegaloraError("8-bit AdamW needs a CUDA GPU; use --optimizer adamw")
+            try:
+                import bitsandbytes as bnb
+            except ImportError as exc:
+                raise NegaloraError("8-bit AdamW needs bitsandbytes: pip install -e '.[cuda]'") from exc
+            return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda" or None
+        )
+
+    def _run(self, run_id, config: TrainConfig, images, *, start_step: int, resume_from: dict | None = None):
+        from accelerate import Accelerator
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        run_dir = self.home.runs / run_id
+        pipe = self.model.pipe
+        device = self.model.placement.device
+        mixed = _mixed_precision(config, device)
+        accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+        device = accelerator.device
+        weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, torch.float32)
+        self._log(run_dir, f"{'resume at step ' + str(start_step) if start_step else 'start'} on {device} ({mixed})")
+        status, message, last_loss = "failed", "", None
+        unet = pipe.unet
+        try:
+            samples, text = self._prepare_samples(config, images)
+            # The VAE and text encoders are done: they leave the GPU while the UNet trains.
+            _move(pipe, ("vae", "text_encoder", "text_encoder_2"), "cpu")
+            unet.to(device, dtype=weight_dtype)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)  # the LoRA's initial weights depend on the run's seed only
+                params = add_lora(unet, config)
+            if resume_from is not None:
+                load_peft_state(unet, load_diffusers_lora_as_peft(Path(resume_from["path"])))
+            if config.gradient_checkpointing:
+                unet.enable_gradient_checkpointing()
+            optimizer = self._optimizer(config, params, device)
+            if resume_from is not None:
+                load_resume_state(_state_path(Path(resume_from["path"])), optimizer)
+            lr_schedule = get_scheduler(
+                config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+                for _ in range(start_step):
+                    lr_schedule.step()  # replay the schedule to the resumed step
+            unet, optimizer = accelerator.prepare(unet, optimizer)
+            noise_scheduler = DDPMScheduler.from_config(self.model.scheduler_config)
+            status, message, last_loss = self._loop(
+                run_id,
+                config,
+                accelerator,
+                unet,
+                optimizer,
+                lr_schedule,
+                noise_scheduler,
+                samples,
+                text,
+                start_step,
+                weight_dtype,
+                params,
+            )
+        except NegaloraError as exc:
+            status, message = "failed", str(exc)
+            raise
+        except torch.cuda.OutOfMemoryError:
+            status, message = (
+                "failed",
+                "out of GPU memory: lower the batch or resolution, or turn on gradient checkpointing",
+            )
+            raise NegaloraError(message) from None
+        finally:
+            steps_done = max([c["step"] for c in self.store.checkpoints(run_id)] or [0])
+            self.store.update_run(run_id, status=status, message=message, steps_done=steps_done, final_loss=last_loss)
+            self._log(run_dir, f"{status} at step {steps_done} {message}".strip())
+            _remove_lora(accelerator.unwrap_model(unet))
+            unet.to(dtype=self.model.placement.dtype)
+            _move(pipe, ("vae", "text_encoder", "text_encoder_2"), self.model.placement.device)
+            if self.model.placement.vae_dtype != pipe.vae.dtype:
+                pipe.vae.to(dtype=self.model.placement.vae_dtype)
+        result = RunResult(
+            run_id, status, steps_done, last_loss, [c["path"] for c in self.store.checkpoints(run_id)], message
+        )
+        self.on_event({"type": "run_finished", "run": run_id, **asdict(result)})
+        return result
+
+    def _loop(
+        self,
+        run_id,
+        config,
+        accelerator,
+        unet,
+        optimizer,
+        lr_schedule,
+        noise_scheduler,
+        samples,
+        text,
+        start_step,
+        weight_dtype,
+        params,
+    ):
+        device = accelerator.device
+        world, rank = accelerator.num_processes, accelerator.process_index
+        unet.train()
+        nan_run = 0
+        last_loss = None
+        t_start = time.monotonic()
+        for step in range(start_step + 1, config.steps + 1):
+            if self.cancel.cancelled:
+                self._checkpoint(run_id, config, accelerator, unet, optimizer, step - 1)
+                return "cancelled", "cancelled by the user", last_loss
+            total = 0.0
+            finite = True
+            for micro in range(config.grad_accum):
+                batch = self._batch(config, samples, text, step, micro, world, rank)
+                with accelerator.autocast():
+                    loss = self._loss(unet, noise_scheduler, config, batch, step, micro, device, weight_dtype)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                accelerator.backward(loss / config.grad_accum)
+                total += float(loss.detach()) / config.grad_accum
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                lr_schedule.step()
+                nan_run += 1
+                self.on_event({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
+                self._log(self.home.runs / run_id, f"step {step}: non-finite loss, skipped ({nan_run} in a row)")
+                if nan_run >= config.max_nan_steps:
+                    return "stopped_nan", f"{nan_run} non-finite losses in a row at step {step}", last_loss
+                continue
+            nan_run = 0
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            lr = lr_schedule.get_last_lr()[0]
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = total
+            self.store.log_loss(run_id, step, total, lr)
+            elapsed = time.monotonic() - t_start
+            done_here = step - start_step
+            self.on_event(
+                {
+                    "type": "train_step",
+                    "run": run_id,
+                    "step": step,
+                    "steps": config.steps,
+                    "loss": total,
+                    "lr": lr,
+                    "it_s": done_here / elapsed if elapsed > 0 else 0.0,
+                    "eta_s": elapsed / done_here * (config.steps - step),
+                    "peak_mem_mb": peak_memory_mb(device),
+                }
+            )
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                self._checkpoint(run_id, config, accelerator, unet, optimizer, step)
+        return "done", "", last_loss
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _checkpoint(self, run_id, config, accelerator, unet, optimizer, step: int) -> None:
+        if step <= 0 or any(c["step"] == step for c in self.store.checkpoints(run_id)):
+            return
+        run_dir = self.home.runs / run_id
+        path = run_dir / "checkpoints" / f"step-{step:06d}.safetensors"
+        raw = accelerator.unwrap_model(unet)
+        save_diffusers_lora(raw, path, config)
+        save_resume_state(_state_path(path), step=step, optimizer=optimizer, extra={"run": run_id})
+        self.store.add_checkpoint(run_id, step, path, sha256_file(path))
+        self.store.update_run(run_id, steps_done=step)
+        self._log(run_dir, f"checkpoint step {step}")
+        self.on_event({"type": "checkpoint", "run": run_id, "step": step, "path": str(path)})
+        self._validate(run_id, config, raw, step)
+        self._prune(run_id, config)
+
+    def _prune(self, run_id: str, config: TrainConfig) -> None:
+        if config.keep_last <= 0:
+            return
+        kept = self.store.checkpoints(run_id)
+        for old in kept[: -config.keep_last]:
+            Path(old["path"]).unlink(missing_ok=True)
+            _state_path(Path(old["path"])).unlink(missing_ok=True)
+            self.store.mark_checkpoint_removed(run_id, old["step"])
+
+    @torch.no_grad()
+    def _validate(self, run_id: str, config: TrainConfig, unet, step: int) -> None:
+        """Render the fixed test prompts with ``wrong`` as the negative, on the LoRA as it stands."""
+        if not config.validation_prompts or config.validation_steps < 1:
+            return
+        from negalora.prompts import Conditioner
+        from negalora.schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+        pipe = self.model.pipe
+        was_training = unet.training
+        unet.eval()
+        _move(pipe, ("vae", "text_encoder", "text_encoder_2"), self.model.placement.device)
+        out_dir = self.home.runs / run_id / "samples"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        conditioner = Conditioner(pipe)
+        pipe.scheduler = make_scheduler(DEFAULT_SCHEDULER, self.model.scheduler_config)
+        paths = []
+        for k, prompt in enumerate(config.validation_prompts):
+            cond = conditioner.encode(prompt, config.token)
+            kwargs = {k2: v.to(unet.dtype) for k2, v in cond.pipeline_kwargs().items()}
+            image = pipe(
+                **kwargs,
+                num_inference_steps=config.validation_steps,
+                guidance_scale=7.0,
+                generator=torch.Generator("cpu").manual_seed(config.validation_seed),
+                width=config.resolution or self.model.native_size,
+                height=config.resolution or self.model.native_size,
+            ).images[0]
+            path = out_dir / f"step-{step:06d}-{k}.png"
+            image.save(path)
+            paths.append(str(path))
+        _move(pipe, ("vae", "text_encoder", "text_encoder_2"), "cpu")
+        if was_training:
+            unet.train()
+        self.on_event(
+            {
+                "type": "validation",
+                "run": run_id,
+                "step": step,
+                "paths": paths,
+                "prompts": list(config.validation_prompts),
+            }
+        )
+
+
+def _state_path(lora_path: Path) -> Path:
+    return lora_path.with_name(lora_path.name.replace(".safetensors", ".state.safetensors"))
+
+
+def _move(pipe, names, device) -> None:
+    for name in names:
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.to(device)
+
+
+def _remove_lora(unet) -> None:
+    """Leave the shared pipeline as it was: no adapter, nothing trainable."""
+    try:
+        unet.delete_adapters(["default"])
+    except (ValueError, AttributeError, KeyError):
+        pass
+    unet.requires_grad_(False)
+    unet.eval()
+    if getattr(unet, "is_gradient_checkpointing", False):
+        unet.disable_gradient_checkpointing()
+
+
+def _with_validation_prompts(config: TrainConfig, model: LoadedModel) -> TrainConfig:
+    from dataclasses import replace
+
+    prompts = DEMO_VALIDATION_PROMPTS if model.source == "demo" else DEFAULT_VALIDATION_PROMPTS
+    return replace(config, validation_prompts=prompts)
+
+
+def checkpoint_for(store: Store, run_id: str, step: int | None = None) -> dict:
+    """A run's checkpoint at ``step`` (default: the last one kept)."""
+    kept = store.checkpoints(run_id)
+    if not kept:
+        raise NegaloraError(f"run {run_id}: has no checkpoints yet")
+    if step is None:
+        return kept[-1]
+    for c in kept:
+        if c["step"] == step:
+            return c
+    raise NegaloraError(f"run {run_id}: no checkpoint at step {step} (kept: {', '.join(str(c['step']) for c in kept)})")

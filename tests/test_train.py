@@ -1,0 +1,272 @@
+"""The trainer on the demo model, on the CPU: a real run, checkpoints, exact resume, SIGKILL, NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from negalora.cancel import CancelToken
+from negalora.device import choose_placement
+from negalora.generate import GenerateRequest, Generator
+from negalora.models.loader import load_model
+from negalora.store import Store
+from negalora.train.config import PRESETS, TrainConfig, preset
+from negalora.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+COLORS = ["red", "green", "blue", "yellow", "white", "orange", "purple", "cyan"]
+
+
+def _seed_rejects(home, n=8):
+    """n small pictures (a shape on a background), imported and rejected."""
+    store = Store(home)
+    ids = []
+    for i in range(n):
+        im = Image.new("RGB", (64, 64), COLORS[(i + 3) % 8])
+        d = ImageDraw.Draw(im)
+        d.ellipse((10 + i, 12, 40 + i, 44), fill=COLORS[i % 8])
+        path = home.root / f"src{i}.png"
+        home.root.mkdir(parents=True, exist_ok=True)
+        im.save(path)
+        ids.append(store.add_imported(path.read_bytes(), ".png", 64, 64, path.name).id)
+    store.rate(ids, "reject", ["artifacts"])
+    return store
+
+
+def _config(**kw):
+    base = dict(
+        steps=20,
+        lr=1e-3,
+        batch=2,
+        checkpoint_every=10,
+        keep_last=0,
+        validation_prompts=("a red circle",),
+        validation_steps=2,
+        seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _model(home):
+    return load_model("demo", home, choose_placement("cpu"))
+
+
+def test_a_50_step_run_logs_every_loss_and_its_lora_works(home):
+    store = _seed_rejects(home, 8)
+    model = _model(home)
+    events = []
+    result = Trainer(home, store, model, on_event=events.append).start(_config(steps=50, checkpoint_every=25))
+    assert result.status == "done" and result.steps_done == 50
+    losses = store.losses(result.run_id)
+    assert [s for s, _ in losses] == list(range(1, 51))
+    assert all(np.isfinite(v) for _, v in losses)
+    assert [Path(c).name for c in result.checkpoints] == ["step-000025.safetensors", "step-000050.safetensors"]
+    assert any(e["type"] == "validation" and e["step"] == 50 for e in events)
+    assert len(list((home.runs / result.run_id / "samples").glob("*.png"))) == 2
+    row = store.run(result.run_id)
+    assert row["status"] == "done" and row["images"] == 8 and row["final_loss"] == losses[-1][1]
+    # The checkpoint loads with diffusers' own loader and changes the image for the same seed.
+    pipe = model.pipe
+    assert not any("lora" in n for n, _ in pipe.unet.named_parameters())  # the trainer cleaned up
+    gen = Generator(model)
+    recipe = gen.plan(GenerateRequest(prompts=("a red circle",), negative="wrong", seed=5, steps=6))[0]
+    before = np.asarray(gen.render(recipe), dtype=np.int16)
+    pipe.load_lora_weights(result.checkpoints[-1], adapter_name="check")
+    after = np.asarray(gen.render(recipe), dtype=np.int16)
+    pipe.unload_lora_weights()
+    assert np.abs(after - before).max() > 0
+    with_lora = gen.plan(
+        GenerateRequest(prompts=("a red circle",), negative="wrong", seed=5, steps=6, lora=result.checkpoints[-1])
+    )[0]
+    assert np.array_equal(np.asarray(gen.render(with_lora), dtype=np.int16), after)
+    store.close()
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    from negalora.home import Home
+
+    finals = []
+    for name, interrupt in (("straight", False), ("resumed", True)):
+        home = Home(tmp_path / name)
+        store = _seed_rejects(home, 6)
+        model = _model(home)
+        cancel = CancelToken()
+
+        def on_event(e, cancel=cancel, interrupt=interrupt):
+            if interrupt and e["type"] == "train_step" and e["step"] == 10:
+                cancel.cancel()
+
+        first = Trainer(home, store, model, on_event=on_event, cancel=cancel).start(_config(flip=True))
+        if interrupt:
+            assert first.status == "cancelled" and first.steps_done == 10
+            again = Trainer(home, store, model).resume(first.run_id)
+            assert again.status == "done" and again.steps_done == 20
+            assert [s for s, _ in store.losses(first.run_id)] == list(range(1, 21))
+        finals.append(load_file(store.checkpoints(first.run_id)[-1]["path"]))
+        store.close()
+    a, b = finals
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_a_run_killed_with_sigkill_resumes(home):
+    _seed_rejects(home, 6).close()
+    cmd = [
+        sys.executable,
+        str(ROOT / "main.py"),
+        "train",
+        "--preset",
+        "cpu-demo",
+        "--steps",
+        "60",
+        "--batch",
+        "1",
+        "--checkpoint-every",
+        "5",
+        "--validation-steps",
+        "0",
+        "--home",
+        str(home.root),
+        "--json",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    runs = home.runs
+    while time.monotonic() < deadline:
+        found = list(runs.glob("*/checkpoints/step-000005.state.safetensors")) if runs.exists() else []
+        if found:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("no checkpoint appeared")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = found[0].parent.parent.name
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "train", "--resume", run_id, "--home", str(home.root), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    out = json.loads(resumed.stdout)
+    assert out["run"] == run_id and out["status"] == "done" and out["steps_done"] == 60
+    store = Store(home)
+    assert [s for s, _ in store.losses(run_id)] == list(range(1, 61))
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()
+
+
+def test_nan_is_skipped_then_stops_keeping_the_last_good_checkpoint(home, monkeypatch):
+    store = _seed_rejects(home, 4)
+    model = _model(home)
+    real = Trainer._loss
+
+    def flaky(self, unet, noise_scheduler, config, batch, step, micro, device, weight_dtype):
+        loss = real(self, unet, noise_scheduler, config, batch, step, micro, device, weight_dtype)
+        return loss * float("nan") if step == 3 or step >= 6 else loss
+
+    monkeypatch.setattr(Trainer, "_loss", flaky)
+    events = []
+    result = Trainer(home, store, model, on_event=events.append).start(
+        _config(steps=20, checkpoint_every=2, max_nan_steps=3)
+    )
+    skips = [e["step"] for e in events if e["type"] == "nan_skip"]
+    assert skips == [3, 6, 7, 8]
+    assert result.status == "stopped_nan" and "3 non-finite losses in a row" in result.message
+    assert [c["step"] for c in store.checkpoints(result.run_id)] == [2, 4]
+    assert 3 not in [s for s, _ in store.losses(result.run_id)]
+    for path in result.checkpoints:
+        assert all(torch.isfinite(t).all() for t in load_file(path).values())
+    store.close()
+
+
+def test_no_rejects_is_a_clear_error(home):
+    from negalora.errors import NegaloraError
+
+    store = Store(home)
+    with pytest.raises(NegaloraError, match="no training images"):
+        Trainer(home, store, _model(home)).start(_config())
+    store.close()
+
+
+def test_train_cli_json_reports_run_checkpoints_and_loss(cli, home):
+    _seed_rejects(home, 5).close()
+    r = cli(
+        "train",
+        "--preset",
+        "cpu-demo",
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--batch",
+        "2",
+        "--home",
+        home.root,
+        "--json",
+    )
+    assert r.code == 0, r.err
+    out = r.json
+    assert out["status"] == "done" and out["steps_done"] == 6 and isinstance(out["final_loss"], float)
+    assert [Path(p).name for p in out["checkpoints"]] == ["step-000003.safetensors", "step-000006.safetensors"]
+    runs = cli("list", "runs", "--home", home.root, "--json").json["runs"]
+    assert runs[0]["id"] == out["run"] and runs[0]["config"]["rank"] == 4
+
+
+def test_presets_and_checks():
+    assert PRESETS["woolf"].rank == 4 and PRESETS["woolf"].lr == 1e-4 and PRESETS["woolf"].lora_alpha == 4
+    assert preset("cpu-demo", steps=7).steps == 7
+    assert TrainConfig(feed_forward=True).target_modules[-1] == "ff.net.2"
+    from negalora.errors import NegaloraError
+
+    for bad in (dict(rank=0), dict(lr=2.0), dict(lr_schedule="linear-ish"), dict(resolution=30), dict(token=" ")):
+        with pytest.raises(NegaloraError):
+            TrainConfig(**bad).check()
+
+
+def test_woolfs_lora_on_the_real_sdxl_architecture():
+    """Rank 4 on the UNet attention of SDXL base (built on the meta device, no weights):
+    560 modules and 5,806,080 parameters, 23.2 MB in fp32, as Woolf's published LoRA."""
+    from diffusers import UNet2DConditionModel
+
+    from negalora.resources import SDXL_BASE_CONFIG
+    from negalora.train.lora import lora_config
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(SDXL_BASE_CONFIG / "unet")))
+    unet.add_adapter(lora_config(PRESETS["woolf"]))
+    lora = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    modules = {n.rsplit(".lora_", 1)[0] for n in lora}
+    assert len(modules) == 560
+    assert sum(p.numel() for p in lora.values()) == 5_806_080
+
+
+def test_resume_state_round_trips_without_pickle(tmp_path):
+    from negalora.train.resume_state import load_resume_state, save_resume_state
+
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    for _ in range(3):
+        p.grad = torch.randn_like(p)
+        opt.step()
+    save_resume_state(tmp_path / "s.safetensors", step=3, optimizer=opt)
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = torch.optim.AdamW([q], lr=1e-3)
+    meta = load_resume_state(tmp_path / "s.safetensors", opt2)
+    assert meta["step"] == 3
+    for k in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(opt.state_dict()["state"][0][k], opt2.state_dict()["state"][0][k])
+    assert b"pickle" not in (tmp_path / "s.safetensors").read_bytes()[:64]
