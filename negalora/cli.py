@@ -162,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", action="append", default=[], metavar="R", help="a reason tag (repeatable), e.g. hands")
     _add_common(r)
 
-    i = sub.add_parser("import", help="import image files or folders into the store")
+    i = sub.add_parser(
+        "import",
+        help="import image files or folders into the store",
+        description="Import images. Refused files are listed on stderr; the exit code is 2 only when "
+        "nothing could be imported.",
+    )
     i.add_argument("path", nargs="+", type=Path)
     i.add_argument("--reject", action="store_true", help="mark the imported images rejected")
     i.add_argument("--reason", action="append", default=[], metavar="R", help="reason tag for --reject (repeatable)")
@@ -172,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["images", "runs", "models"])
     lst.add_argument("--rating", choices=["reject", "pick", "unrated"], help="only images with this rating")
     lst.add_argument("--search", metavar="TEXT", help="only images whose prompt contains TEXT")
-    lst.add_argument("--limit", type=int, metavar="N")
+    lst.add_argument("--limit", type=_positive_int, metavar="N")
     _add_common(lst)
 
     rg = sub.add_parser("regenerate", help="make a stored image again from its recipe and check the pixels")
@@ -180,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--device", metavar="D", help="cpu, cuda or mps")
     _add_common(rg)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
 
 
 def _parse_size(text: str | None) -> tuple[int | None, int | None]:
@@ -301,7 +313,8 @@ def cmd_make_wrong(args) -> int:
     try:
         for r in requests:
             for stored, recipe in generate_to_store(generator, store, r):
-                store.rate([stored.id], "reject")
+                if not stored.duplicate:  # an image already in the store keeps the artist's verdict
+                    store.rate([stored.id], "reject")
                 made.append(
                     {
                         "id": stored.id,
@@ -434,7 +447,7 @@ def cmd_rate(args) -> int:
     verdict = None if args.verdict == "clear" else args.verdict
     store = Store(resolve_home(args.home))
     try:
-        store.rate(args.image_id, verdict, args.reason)
+        store.rate(args.image_id, verdict, args.reason or None)
         counts = store.counts()
     finally:
         store.close()
@@ -508,7 +521,7 @@ def cmd_list(args) -> int:
 
 def cmd_regenerate(args) -> int:
     from negalora.device import choose_placement
-    from negalora.generate import Generator
+    from negalora.generate import Generator, regenerate
     from negalora.hashing import HashCache
     from negalora.home import resolve_home
     from negalora.models.loader import load_model
@@ -523,10 +536,14 @@ def cmd_regenerate(args) -> int:
             raise NegaloraError(f"image {args.image_id}: has no recipe (imported, or no such image)")
         original = store.image(args.image_id)
         model = load_model(
-            recipe.model_location, home, choose_placement(args.device), refiner=recipe.refiner_location or None
+            recipe.model_location,
+            home,
+            choose_placement(args.device),
+            vae=recipe.vae_location or None,
+            refiner=recipe.refiner_location or None,
         )
-        generator = Generator(model, HashCache(home.cache / "hashes.json"))
-        image = generator.render(recipe)
+        hashes = HashCache(home.cache / "hashes.json")
+        image = regenerate(Generator(model, hashes), recipe, hashes)
         stored = store.add_generated(
             recipe, store.ensure_model(model.name, model.source, model.location, model.sha256), png_bytes(image, recipe)
         )
@@ -561,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args.command = "gui"
+    for name in ("home", "model", "device"):  # `negalora --home X list …` means the same as `list --home X`
+        top = getattr(args, f"gui_{name}", None)
+        if top is not None and hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, top)
     try:
         return COMMANDS[args.command](args)
     except NegaloraError as exc:

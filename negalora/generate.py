@@ -73,6 +73,16 @@ def check_request(request: GenerateRequest) -> None:
     for p in (*request.prompts, request.negative):
         check_prompt(p)
     canonical_name(request.scheduler)
+    if request.lora:
+        check_lora_file(Path(request.lora).expanduser())
+
+
+def check_lora_file(path: Path) -> None:
+    if not path.is_file():
+        raise NegaloraError(f"{path}: no such LoRA file")
+    kind = ck.checkpoint_kind(path)
+    if kind != ck.LORA:
+        raise NegaloraError(f"{path}: {ck.DESCRIPTIONS.get(kind, kind).split(' (')[0]}, not a LoRA")
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,10 @@ class Generator:
         scheduler = canonical_name(request.scheduler)
         lora_fields = self._lora_fields(request)
         refiner_fields = {}
+        if self.model.vae_name:
+            refiner_fields.update(
+                vae=self.model.vae_name, vae_hash=self.model.vae_sha256, vae_location=self.model.vae_location
+            )
         if request.use_refiner and self.model.refiner is not None:
             refiner_fields = {
                 "refiner": self.model.refiner_name,
@@ -151,11 +165,7 @@ class Generator:
         if not request.lora:
             return {}
         path = Path(request.lora).expanduser()
-        if not path.is_file():
-            raise NegaloraError(f"{path}: no such LoRA file")
-        kind = ck.checkpoint_kind(path)
-        if kind != ck.LORA:
-            raise NegaloraError(f"{path}: {ck.DESCRIPTIONS.get(kind, kind).split(' (')[0]}, not a LoRA")
+        check_lora_file(path)
         sha = (self.hashes.get if self.hashes else _plain_hash)(path, skip_safetensors_header=True)
         return {
             "lora": path.stem,
@@ -301,11 +311,21 @@ def generate_to_store(
     return done
 
 
-def regenerate(generator: Generator, recipe: Recipe) -> Image.Image:
-    """Render a stored recipe again, exactly (same model, seed and settings)."""
-    if recipe.model_hash != generator.model.sha256:
+def regenerate(generator: Generator, recipe: Recipe, hashes: HashCache | None = None) -> Image.Image:
+    """Render a stored recipe again, exactly: same model, VAE, LoRA file, seed and settings."""
+    model = generator.model
+    if recipe.model_hash != model.sha256:
         raise NegaloraError(
             f"recipe was made with model {recipe.model} ({recipe.model_hash[:10]}); "
-            f"the loaded model is {generator.model.name} ({generator.model.sha256[:10]})"
+            f"the loaded model is {model.name} ({model.sha256[:10]})"
         )
+    if recipe.vae_hash != model.vae_sha256:
+        raise NegaloraError(f"recipe was made with VAE {recipe.vae or 'of the model'}; load that VAE to remake it")
+    if recipe.lora_path:
+        path = Path(recipe.lora_path)
+        if not path.is_file():
+            raise NegaloraError(f"{path}: the recipe's LoRA file is gone")
+        now = (hashes.get if hashes else _plain_hash)(path, skip_safetensors_header=True)
+        if now != recipe.lora_hash:
+            raise NegaloraError(f"{path}: the LoRA file changed since the image was made")
     return generator.render(recipe)

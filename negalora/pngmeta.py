@@ -56,6 +56,8 @@ def format_parameters(recipe: Recipe) -> str:
         ("Model hash", recipe.model_hash[:10]),
         ("Model", recipe.model),
     ]
+    if recipe.vae:
+        pairs += [("VAE hash", recipe.vae_hash[:10]), ("VAE", recipe.vae)]
     if recipe.refiner:
         pairs += [
             ("Refiner", f"{recipe.refiner} [{recipe.refiner_hash[:10]}]"),
@@ -121,6 +123,10 @@ def recipe_fields_from_parameters(text: str) -> dict:
         out["refiner"], out["refiner_hash"] = name, h.rstrip("]")
     if "Refiner switch at" in s:
         out["refiner_switch"] = float(s["Refiner switch at"])
+    if "VAE" in s:
+        out["vae"] = s["VAE"]
+    if "VAE hash" in s:
+        out["vae_hash"] = s["VAE hash"]
     if "RNG" in s:
         out["noise_device"] = s["RNG"].lower()
     return out

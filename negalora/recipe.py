@@ -29,6 +29,9 @@ class Recipe:
     refiner_hash: str = ""
     refiner_location: str = ""
     refiner_switch: float = 0.8
+    vae: str = ""  # a separate VAE ("" when the model's own)
+    vae_hash: str = ""
+    vae_location: str = ""
     noise_device: str = "cpu"  # the seed's generator device: CPU noise is the same on every machine
     version: str = __version__
 

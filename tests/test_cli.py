@@ -229,3 +229,26 @@ def test_usage_error_exits_2(cli):
     with pytest.raises(SystemExit) as info:
         cli("rate", "1", "maybe")
     assert info.value.code == 2
+
+
+def test_top_level_home_applies_to_the_command(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEGALORA_HOME", str(tmp_path / "env-home"))
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "x.png")
+    wanted = tmp_path / "wanted"
+    assert cli("--home", wanted, "import", tmp_path / "x.png").code == 0
+    assert (wanted / "negalora.db").exists() and not (tmp_path / "env-home").exists()
+
+
+def test_a_folder_with_only_pickled_weights_is_bad_input(cli, home, tmp_path):
+    from negalora.models.demo import ensure_demo_folder
+
+    folder = ensure_demo_folder(tmp_path / "pickled")
+    for f in folder.rglob("*.safetensors"):
+        f.rename(f.with_suffix(".bin"))
+    r = cli("generate", "a", "--model", folder, "--home", home.root)
+    assert r.code == 2 and str(folder) in r.err
+
+
+def test_a_missing_lora_writes_nothing(cli, home, tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    _assert_refused(cli("generate", "a", "--lora", missing, "--home", home.root), home, missing, "no such LoRA")

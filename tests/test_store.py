@@ -44,7 +44,8 @@ def test_rate_clear_and_undo_with_history(home):
     store.rate([a], "pick")
     assert store.counts() == {"all": 2, "reject": 1, "pick": 1, "unrated": 0}
     assert store.image(b)["reasons"] == ["blur", "hands"]
-    assert store.undo_last_rating() == {"image_id": a, "verdict": "reject", "reasons": ["blur", "hands"]}
+    assert store.image(a)["reasons"] == []  # reasons belong to rejects
+    assert store.undo_last_rating() == [{"image_id": a, "verdict": "reject", "reasons": ["blur", "hands"]}]
     assert store.image(a)["verdict"] == "reject"
     store.rate([a], None)
     assert store.image(a)["verdict"] is None
@@ -53,6 +54,48 @@ def test_rate_clear_and_undo_with_history(home):
     assert store.db.execute("SELECT count(*) FROM rating_events").fetchone()[0] == 3
     with pytest.raises(NegaloraError, match="image 999"):
         store.rate([999], "pick")
+
+
+def test_reason_tags_stay_per_image_and_undo_reverts_a_whole_batch(home):
+    store = Store(home)
+    a = store.add_generated(_recipe(1), None, _png("red")).id
+    b = store.add_generated(_recipe(2), None, _png("blue")).id
+    store.rate([a], "reject", ["hands"])
+    store.rate([b], "reject", ["text"])
+    batch = store.rate([a, b], "reject", add_reason="blur")  # a reason key on a multi-selection
+    assert store.image(a)["reasons"] == ["blur", "hands"] and store.image(b)["reasons"] == ["blur", "text"]
+    again = store.rate([a, b], "reject")  # X keeps each image's own tags
+    assert store.image(a)["reasons"] == ["blur", "hands"]
+    pick = store.rate([a, b], "pick")
+    assert len(store.undo_batch(pick)) == 2  # one undo reverts the whole multi-selection
+    assert [store.image(i)["verdict"] for i in (a, b)] == ["reject", "reject"]
+    store.undo_batch(again)
+    store.undo_batch(batch)
+    assert store.image(a)["reasons"] == ["hands"] and store.image(b)["reasons"] == ["text"]
+    assert store.undo_batch("no-such-batch") == []
+
+
+def test_a_write_waits_for_another_process_instead_of_failing(home):
+    import threading
+    import time
+
+    store = Store(home)
+    a = store.add_generated(_recipe(1), None, _png()).id
+    other = sqlite3.connect(home.db_path, timeout=30, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO models (name, source, location, hash, created) VALUES ('x', 'demo', 'x', 'h', 'now')")
+    threading.Thread(target=lambda: (time.sleep(0.5), other.commit()), daemon=True).start()
+    store.rate([a], "reject")  # blocks on the lock, then succeeds
+    assert store.image(a)["verdict"] == "reject"
+    other.close()
+
+
+def test_the_same_pixels_add_no_rows(home):
+    store = Store(home)
+    first = store.add_generated(_recipe(1), None, _png())
+    again = store.add_generated(_recipe(1), None, _png())
+    assert again.duplicate and again.id == first.id and again.path == first.path
+    assert store.db.execute("SELECT count(*) FROM generations").fetchone()[0] == 1
 
 
 def test_ratings_survive_reopening(home):

@@ -112,3 +112,31 @@ def test_killed_worker_leaves_the_window_and_ratings_and_queued_jobs(window, hom
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store.close()
     assert os.path.exists(home.db_path)
+
+
+def test_training_from_the_train_page_shows_losses_and_validation_images(window, home, qtbot):
+    store = Store(home)
+    seeded = [r["id"] for r in store.images()]
+    store.rate(seeded, "reject")
+    store.close()
+    window.show_page("train")
+    page = window.train_page
+    assert "<b>3</b> rejected images" in page.dataset_label.text()
+    page.preset.setCurrentIndex(list(page.preset.itemData(i) for i in range(page.preset.count())).index("cpu-demo"))
+    page.steps.setValue(6)
+    page.batch.setValue(2)
+    page.checkpoint_every.setValue(3)
+    seen = _events(window)
+    qtbot.mouseClick(page.start_button, Qt.MouseButton.LeftButton)
+    assert not page.start_button.isEnabled() and page.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: any(e["type"] in ("finished", "failed") and e.get("run") for e in seen), timeout=LONG)
+    end = [e for e in seen if e["type"] in ("finished", "failed")][-1]
+    assert end["type"] == "finished" and end["status"] == "done", end
+    assert page._steps == [1, 2, 3, 4, 5, 6]
+    validations = [e for e in seen if e["type"] == "validation"]
+    assert [v["step"] for v in validations] == [3, 6] and all(len(v["paths"]) == 2 for v in validations)
+    assert page.samples.count() == 2  # when the run ends, the page shows its newest validation images
+    assert page.samples.item(0).text() == "step 6"
+    assert page.status.text() == "Finished."
+    assert page.runs.count() == 1 and page.runs.itemData(0) == end["run"]
+    assert "warning" in page.refused.toPlainText()  # 3 images: fewer than a LoRA needs

@@ -2,6 +2,7 @@
 ``.safetensors`` file (loaded offline with the configs in ``resources/``) or a hub id."""
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class LoadedModel:
     refiner_name: str = ""
     refiner_location: str = ""
     refiner_sha256: str = ""
+    vae_name: str = ""  # a separate VAE given with --vae ("" when the model's own)
+    vae_location: str = ""
+    vae_sha256: str = ""
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -53,6 +57,11 @@ def _folder_hash(folder: Path, hashes: HashCache) -> str:
     files = sorted((folder / "unet").glob("*.safetensors"))
     if not files:
         raise NegaloraError(f"{folder}: no unet/*.safetensors weights (pickled .bin weights are not loaded)")
+    return sha256_bytes("".join(hashes.get(f) for f in files).encode())
+
+
+def _folder_weights_hash(folder: Path, hashes: HashCache) -> str:
+    files = sorted(folder.glob("*.safetensors"))
     return sha256_bytes("".join(hashes.get(f) for f in files).encode())
 
 
@@ -81,13 +90,27 @@ def _load_vae(spec: str, placement: Placement) -> AutoencoderKL:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise NegaloraError(f"{path}: not a diffusers VAE folder (no config.json)")
-        return AutoencoderKL.from_pretrained(str(path), use_safetensors=True, local_files_only=True)
+        with _loading(path):
+            return AutoencoderKL.from_pretrained(str(path), use_safetensors=True, local_files_only=True)
     if path.is_file():
         ck.read_safetensors_keys(path)  # refuses pickles and truncated files
-        return AutoencoderKL.from_single_file(
-            str(path), config=str(SDXL_BASE_CONFIG), subfolder="vae", local_files_only=True
-        )
+        with _loading(path):
+            return AutoencoderKL.from_single_file(
+                str(path), config=str(SDXL_BASE_CONFIG), subfolder="vae", local_files_only=True
+            )
     raise NegaloraError(f"{spec}: no such VAE file or folder")
+
+
+@contextmanager
+def _loading(path):
+    """Turn the libraries' errors about a bad model folder or file into a one-line NegaloraError."""
+    try:
+        yield
+    except NegaloraError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NegaloraError(f"{path}: cannot be loaded ({reason[:200]})") from exc
 
 
 def load_model(
@@ -106,35 +129,43 @@ def load_model(
         common["vae"] = _load_vae(vae, placement)
     if spec == DEMO_NAME:
         folder = ensure_demo_folder(home.models / DEMO_NAME)
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            str(folder), use_safetensors=True, local_files_only=True, **common
-        )
+        with _loading(folder):
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                str(folder), use_safetensors=True, local_files_only=True, **common
+            )
         loaded = LoadedModel(pipe, DEMO_NAME, "demo", DEMO_NAME, _folder_hash(folder, hashes), DEMO_SIZE, placement)
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
             _check_folder(path, "StableDiffusionXLPipeline")
             sha = _folder_hash(path, hashes)
-            pipe = StableDiffusionXLPipeline.from_pretrained(
-                str(path), use_safetensors=True, local_files_only=True, **common
-            )
+            with _loading(path):
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    str(path), use_safetensors=True, local_files_only=True, **common
+                )
             loaded = LoadedModel(pipe, path.name, "folder", str(path.resolve()), sha, _native_size(pipe), placement)
         elif path.is_file():
             ck.require_kind(path, ck.SDXL_BASE)
             sha = hashes.get(path)
-            pipe = StableDiffusionXLPipeline.from_single_file(
-                str(path),
-                config=str(SDXL_BASE_CONFIG),
-                tokenizer=clip_tokenizer(PAD_CLIP_L),
-                tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
-                local_files_only=True,
-                **common,
-            )
+            with _loading(path):
+                pipe = StableDiffusionXLPipeline.from_single_file(
+                    str(path),
+                    config=str(SDXL_BASE_CONFIG),
+                    tokenizer=clip_tokenizer(PAD_CLIP_L),
+                    tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
+                    local_files_only=True,
+                    **common,
+                )
             loaded = LoadedModel(pipe, path.stem, "file", str(path.resolve()), sha, SDXL_SIZE, placement)
         elif _looks_like_path(spec):
             raise NegaloraError(f"{spec}: no such model file or folder")
         else:
             loaded = _load_hub(spec, common, placement)
+    if vae:
+        vae_path = Path(vae).expanduser().resolve()
+        loaded.vae_name = vae_path.stem if vae_path.is_file() else vae_path.name
+        loaded.vae_location = str(vae_path)
+        loaded.vae_sha256 = hashes.get(vae_path) if vae_path.is_file() else _folder_weights_hash(vae_path, hashes)
     if vae and not common["vae"].config.get("force_upcast", True):
         # An fp16-fix VAE (force_upcast false) is safe to run in fp16.
         placement = Placement(placement.device, placement.dtype, placement.dtype)
@@ -162,25 +193,27 @@ def _load_hub(spec: str, common: dict, placement: Placement) -> LoadedModel:
 
 
 def _attach_refiner(loaded: LoadedModel, spec: str, hashes: HashCache) -> None:
-    """Load an SDXL refiner that shares the base's VAE and second text encoder."""
+    """Load an SDXL refiner that shares the base's VAE (already placed in its safe dtype)."""
     shared = {"vae": loaded.pipe.vae, "dtype": loaded.placement.dtype}
     path = Path(spec).expanduser()
     if path.is_dir():
         _check_folder(path, "StableDiffusionXLImg2ImgPipeline")
         sha = _folder_hash(path, hashes)
-        ref = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-            str(path), use_safetensors=True, local_files_only=True, **shared
-        )
+        with _loading(path):
+            ref = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                str(path), use_safetensors=True, local_files_only=True, **shared
+            )
     elif path.is_file():
         ck.require_kind(path, ck.SDXL_REFINER)
         sha = hashes.get(path)
-        ref = StableDiffusionXLImg2ImgPipeline.from_single_file(
-            str(path),
-            config=str(SDXL_REFINER_CONFIG),
-            tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
-            local_files_only=True,
-            **shared,
-        )
+        with _loading(path):
+            ref = StableDiffusionXLImg2ImgPipeline.from_single_file(
+                str(path),
+                config=str(SDXL_REFINER_CONFIG),
+                tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
+                local_files_only=True,
+                **shared,
+            )
     else:
         raise NegaloraError(f"{spec}: no such refiner file or folder")
     ref.to(loaded.placement.device)

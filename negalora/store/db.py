@@ -1,7 +1,10 @@
 """The SQLite database (WAL mode, forward migrations) and the operations on it."""
 
+import hashlib
 import json
 import sqlite3
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +49,24 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _write(self):
+        """A write transaction that takes the write lock first (BEGIN IMMEDIATE). A deferred one that
+        reads before it writes fails at once with "database is locked" when another process (the
+        worker, a CLI run) commits in between; an immediate one waits for the lock instead."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     # -- schema ---------------------------------------------------------------------------
 
     @property
@@ -62,9 +83,10 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         if version > 0:
-            self.backup(f"before-v{SCHEMA_VERSION}")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self.db.atomic():
+            self.backup(f"before-v{SCHEMA_VERSION}")  # outside the write lock: the backup API waits on it
+        with self._write():  # one process migrates; another waits, then finds nothing to do
+            version = self.schema_version
+            for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _statements(MIGRATIONS[target - 1]):
                     self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version={target}")
@@ -87,7 +109,7 @@ class Store:
         row = self.db.execute("SELECT id FROM models WHERE hash = ?", [sha256]).fetchone()
         if row:
             return row[0]
-        with self.db.atomic():
+        with self._write():
             return (
                 self.db["models"]
                 .insert({"name": name, "source": source, "location": location, "hash": sha256, "created": now()})
@@ -112,8 +134,13 @@ class Store:
         return StoredImage(image_id, sha, path, False)
 
     def add_generated(self, recipe: Recipe, model_id: int | None, png: bytes) -> StoredImage:
-        """Store a generated PNG and its recipe in one transaction (the file is written first)."""
-        with self.db.atomic():
+        """Store a generated PNG and its recipe in one transaction (the file is written first).
+        The same pixels again return the stored image, marked duplicate, and add no rows."""
+        sha = hashlib.sha256(png).hexdigest()
+        with self._write():
+            existing = self.db.execute("SELECT id, path FROM images WHERE sha256 = ?", [sha]).fetchone()
+            if existing:
+                return StoredImage(existing[0], sha, self.home.root / existing[1], True)
             gen_id = (
                 self.db["generations"]
                 .insert(
@@ -144,7 +171,7 @@ class Store:
             )
 
     def add_imported(self, data: bytes, suffix: str, width: int, height: int, original_name: str) -> StoredImage:
-        with self.db.atomic():
+        with self._write():
             return self._insert_image(
                 data,
                 suffix,
@@ -181,16 +208,30 @@ class Store:
 
     # -- ratings --------------------------------------------------------------------------
 
-    def rate(self, image_ids: list[int], verdict: str | None, reasons: list[str] | tuple = ()) -> None:
-        """Set (or with ``verdict=None`` clear) the verdict of images; every change is logged for undo."""
+    def rate(
+        self,
+        image_ids: list[int],
+        verdict: str | None,
+        reasons: list[str] | tuple | None = None,
+        add_reason: str | None = None,
+    ) -> str:
+        """Set (or with ``verdict=None`` clear) the verdict of images; returns the batch id that
+        ``undo_batch`` reverts. Reasons belong to rejects: ``reasons=None`` keeps each image's own,
+        ``add_reason`` adds a tag to each image's own; a pick or a clear drops them."""
         if verdict is not None and verdict not in VERDICTS:
             raise NegaloraError(f"verdict {verdict!r}: must be reject, pick or clear")
-        reasons_json = json.dumps(sorted(set(reasons)))
-        with self.db.atomic():
+        batch = uuid.uuid4().hex
+        with self._write():
             for image_id in image_ids:
                 if not self.db.execute("SELECT 1 FROM images WHERE id = ?", [image_id]).fetchone():
                     raise NegaloraError(f"image {image_id}: no such image")
                 prev = self.db.execute("SELECT verdict, reasons FROM ratings WHERE image_id = ?", [image_id]).fetchone()
+                own = set(json.loads(prev[1])) if prev and prev[0] == "reject" else set()
+                if verdict != "reject":
+                    tags: set[str] = set()
+                else:
+                    tags = (own if reasons is None else set(reasons)) | ({add_reason} if add_reason else set())
+                reasons_json = json.dumps(sorted(tags))
                 self._set_rating(image_id, verdict, reasons_json)
                 self.db["rating_events"].insert(
                     {
@@ -200,8 +241,10 @@ class Store:
                         "previous_verdict": prev[0] if prev else None,
                         "previous_reasons": prev[1] if prev else "[]",
                         "created": now(),
+                        "batch": batch,
                     }
                 )
+        return batch
 
     def _set_rating(self, image_id: int, verdict: str | None, reasons_json: str) -> None:
         if verdict is None:
@@ -212,18 +255,23 @@ class Store:
                 pk="image_id",
             )
 
-    def undo_last_rating(self) -> dict | None:
-        """Undo the newest rating change; returns the image id and the restored verdict, or None."""
-        with self.db.atomic():
-            row = self.db.execute(
-                "SELECT id, image_id, previous_verdict, previous_reasons FROM rating_events ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-            if not row:
-                return None
-            event_id, image_id, prev_verdict, prev_reasons = row
-            self._set_rating(image_id, prev_verdict, prev_reasons)
-            self.db.execute("DELETE FROM rating_events WHERE id = ?", [event_id])
-        return {"image_id": image_id, "verdict": prev_verdict, "reasons": json.loads(prev_reasons)}
+    def undo_batch(self, batch: str) -> list[dict]:
+        """Revert one ``rate`` call: every image in it gets its previous verdict and reasons back."""
+        with self._write():
+            rows = self.db.execute(
+                "SELECT id, image_id, previous_verdict, previous_reasons FROM rating_events "
+                "WHERE batch = ? ORDER BY id DESC",
+                [batch],
+            ).fetchall()
+            for event_id, image_id, prev_verdict, prev_reasons in rows:
+                self._set_rating(image_id, prev_verdict, prev_reasons)
+                self.db.execute("DELETE FROM rating_events WHERE id = ?", [event_id])
+        return [{"image_id": r[1], "verdict": r[2], "reasons": json.loads(r[3])} for r in reversed(rows)]
+
+    def undo_last_rating(self) -> list[dict]:
+        """Revert the newest ``rate`` call in the database (from any process); [] when there is none."""
+        row = self.db.execute("SELECT batch FROM rating_events ORDER BY id DESC LIMIT 1").fetchone()
+        return self.undo_batch(row[0]) if row else []
 
     def counts(self) -> dict:
         total = self.db.execute("SELECT count(*) FROM images").fetchone()[0]
@@ -239,7 +287,7 @@ class Store:
 
     def create_run(self, run_id: str, model_id: int | None, config_json: str, images: int) -> None:
         stamp = now()
-        with self.db.atomic():
+        with self._write():
             self.db["runs"].insert(
                 {
                     "id": run_id,
@@ -253,7 +301,7 @@ class Store:
             )
 
     def update_run(self, run_id: str, **fields) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db["runs"].update(run_id, {**fields, "updated": now()})
 
     def run(self, run_id: str) -> dict:
@@ -266,7 +314,7 @@ class Store:
         return list(self.db.query("SELECT * FROM runs ORDER BY created DESC"))
 
     def log_loss(self, run_id: str, step: int, loss: float, lr: float) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db.execute(
                 "INSERT OR REPLACE INTO run_losses (run_id, step, loss, lr) VALUES (?, ?, ?, ?)",
                 [run_id, step, loss, lr],
@@ -279,7 +327,7 @@ class Store:
         ]
 
     def add_checkpoint(self, run_id: str, step: int, path: Path, sha256: str) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db.execute(
                 "INSERT OR REPLACE INTO checkpoints (run_id, step, path, sha256, created, removed) "
                 "VALUES (?, ?, ?, ?, ?, 0)",
@@ -287,7 +335,7 @@ class Store:
             )
 
     def mark_checkpoint_removed(self, run_id: str, step: int) -> None:
-        with self.db.atomic():
+        with self._write():
             self.db.execute("UPDATE checkpoints SET removed = 1 WHERE run_id = ? AND step = ?", [run_id, step])
 
     def checkpoints(self, run_id: str, include_removed: bool = False) -> list[dict]:

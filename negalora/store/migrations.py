@@ -59,6 +59,8 @@ CREATE INDEX rating_events_image ON rating_events(image_id);
 """
 
 V2 = """
+ALTER TABLE rating_events ADD COLUMN batch TEXT;  -- one rate() call: what one undo reverts
+CREATE INDEX rating_events_batch ON rating_events(batch);
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,               -- also the folder name under <home>/runs/
     created TEXT NOT NULL,

@@ -14,6 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from negalora.atomic import FILE_MODE
+
 FORMAT = "negalora-resume-1"
 
 
@@ -36,6 +38,8 @@ def save_resume_state(path: Path, *, step: int, optimizer: torch.optim.Optimizer
     }
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"negalora": json.dumps(meta)})

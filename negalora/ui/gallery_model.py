@@ -160,7 +160,8 @@ class GalleryModel(QAbstractListModel):
 
     def add_new(self, image_id: int) -> None:
         """A new image arrived: show it at the top if it passes the filter."""
-        if image_id in self._row_of:
+        if image_id in self._row_of or (self._rows and image_id < self._rows[0].id):
+            self.emit_counts()  # an old image (a duplicate) is already in its place in the order
             return
         rows = self._query(image_id + 1, 1)  # the newest image at or below this id that passes the filter
         if rows and rows[0].id == image_id:

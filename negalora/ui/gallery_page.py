@@ -5,7 +5,6 @@ Ctrl+Z undoes (a window-wide action). A verdict advances to the next image. Drop
 to import them; dropped on the Rejected filter (or while it is active) they come in as rejects.
 """
 
-import json
 from pathlib import Path
 
 from PySide6.QtCore import QModelIndex, QObject, QRect, QRunnable, QSize, Qt, QThreadPool, Signal
@@ -170,6 +169,7 @@ class GalleryPage(QWidget):
         super().__init__(parent)
         self.store = store
         self.model = model
+        self.undo_stack: list[str] = []  # rating batches made in this window, newest last
         self.setAcceptDrops(True)
         self._import_signals = _ImportSignals()
         self._import_signals.done.connect(self._imported)
@@ -249,18 +249,9 @@ class GalleryPage(QWidget):
                 self.advance()
 
     def rate_ids(self, ids: list[int], verdict: str, reason: str | None = None) -> None:
-        """Write a verdict for these images; a reason tag joins the tags they already have."""
-        reasons: list[str] = []
-        if verdict == "reject":
-            current = {
-                r
-                for row in self.store.db.execute(
-                    f"SELECT reasons FROM ratings WHERE image_id IN ({','.join('?' * len(ids))})", ids
-                ).fetchall()
-                for r in json.loads(row[0])
-            }
-            reasons = sorted(current | ({reason} if reason else set()))
-        self.store.rate(ids, None if verdict == "clear" else verdict, reasons)
+        """Write a verdict for these images (a reason tag joins each image's own tags); Ctrl+Z reverts it."""
+        batch = self.store.rate(ids, None if verdict == "clear" else verdict, add_reason=reason)
+        self.undo_stack.append(batch)
         self.model.refresh_rows(ids)
         label = {"reject": "Rejected", "pick": "Picked", "clear": "Cleared"}[verdict]
         n = len(ids)
@@ -275,15 +266,20 @@ class GalleryPage(QWidget):
             self.view.setCurrentIndex(self.model.index(nxt))
 
     def undo(self) -> None:
-        undone = self.store.undo_last_rating()
-        if undone is None:
+        """Revert this window's newest rating (all images it touched); other processes' ratings stay."""
+        if not self.undo_stack:
             self.status.emit("Nothing to undo")
             return
-        self.model.refresh_rows([undone["image_id"]])
-        idx = self.model.index_of(undone["image_id"])
-        if idx.isValid():
+        undone = self.store.undo_batch(self.undo_stack.pop())
+        ids = [u["image_id"] for u in undone]
+        self.model.refresh_rows(ids)
+        idx = self.model.index_of(ids[0]) if ids else None
+        if idx is not None and idx.isValid():
             self.view.setCurrentIndex(idx)
-        self.status.emit(f"Undid the rating of #{undone['image_id']} ({undone['verdict'] or 'unrated'} again)")
+        if len(ids) == 1:
+            self.status.emit(f"Undid the rating of #{ids[0]} ({undone[0]['verdict'] or 'unrated'} again)")
+        else:
+            self.status.emit(f"Undid the rating of {len(ids)} images")
 
     def _open_current(self) -> None:
         idx = self.view.currentIndex()
@@ -308,7 +304,11 @@ class GalleryPage(QWidget):
         QThreadPool.globalInstance().start(_ImportJob(self.store.home, paths, reject, self._import_signals))
 
     def _imported(self, ids: list, refused: list) -> None:
+        current = self.view.currentIndex()
+        keep = current.data(ImageRole).id if current.isValid() else None
         self.model.reload()
+        if keep is not None and self.model.index_of(keep).isValid():
+            self.view.setCurrentIndex(self.model.index_of(keep))  # culling goes on where it was
         msg = f"Imported {len(ids)} image{'s' if len(ids) != 1 else ''}"
         if refused:
             msg += f"; refused {len(refused)}: " + "; ".join(f"{Path(p).name} ({r})" for p, r in refused[:3])

@@ -1,12 +1,18 @@
 """The bridge between the worker process and the window: Qt signals on the UI thread, job states,
-and an automatic restart when the worker dies (queued jobs are sent to the new one)."""
+and an automatic restart when the worker dies (queued jobs are sent to the new one). A worker that
+dies again and again is not restarted forever: after MAX_RESTARTS within RESTART_WINDOW seconds the
+queued jobs are failed and the user is told."""
+
+import time
 
 from PySide6.QtCore import QObject, Signal
 
 from negalora.worker.client import WorkerClient
 from negalora.worker.protocol import request_to_dict
 
-STATES = ("stopped", "starting", "idle", "busy", "restarting")
+STATES = ("stopped", "starting", "idle", "busy", "restarting", "failed")
+MAX_RESTARTS = 3
+RESTART_WINDOW = 60.0
 
 
 class JobController(QObject):
@@ -23,6 +29,7 @@ class JobController(QObject):
         self.state = "stopped"
         self.current_job: str | None = None
         self.restarts = 0
+        self._restart_times: list[float] = []
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -32,6 +39,7 @@ class JobController(QObject):
     def start(self) -> None:
         if not self.client.alive:
             self._set_state("starting")
+            self._restart_times.clear()  # the user asked again: a fresh budget of restarts
             self.client.start()
 
     def submit_generate(self, model: str, requests, reject: bool = False, reasons=()) -> str:
@@ -47,6 +55,10 @@ class JobController(QObject):
         )
         return job
 
+    def submit_train(self, model: str, config: dict | None = None, resume: str | None = None) -> str:
+        self.start()
+        return self.client.submit({"kind": "train", "model": model, "config": config or {}, "resume": resume})
+
     def load_model(self, model: str) -> str:
         """Load a model ahead of the first job, so the status bar can show it."""
         self.start()
@@ -56,6 +68,8 @@ class JobController(QObject):
         self.client.cancel(job)
 
     def shutdown(self) -> None:
+        if self.current_job is not None:
+            self.client.cancel(self.current_job)  # stops within a step, so closing is quick
         self.client.stop()
         self._set_state("stopped")
 
@@ -78,11 +92,21 @@ class JobController(QObject):
             if msg.get("expected"):
                 self._set_state("stopped")
             else:
-                self.restarts += 1
-                self.message.emit(
-                    f"The worker stopped unexpectedly (exit code {msg['code']}); restarting it. "
-                    "Your ratings and finished images are safe."
-                )
-                self._set_state("restarting")
-                self.client.restart()
+                now = time.monotonic()
+                self._restart_times = [t for t in self._restart_times if now - t < RESTART_WINDOW] + [now]
+                if len(self._restart_times) > MAX_RESTARTS:
+                    self.client.fail_pending(f"the worker stopped {MAX_RESTARTS + 1} times in a row")
+                    self.message.emit(
+                        f"The worker keeps stopping (exit code {msg['code']}); it was not restarted. "
+                        "Your ratings and finished images are safe. Check the model and try again."
+                    )
+                    self._set_state("failed")
+                else:
+                    self.restarts += 1
+                    self.message.emit(
+                        f"The worker stopped unexpectedly (exit code {msg['code']}); restarting it. "
+                        "Your ratings and finished images are safe."
+                    )
+                    self._set_state("restarting")
+                    self.client.restart()
         self.event.emit(msg)

@@ -1,15 +1,10 @@
-"""Train, Compare and Export: their engines arrive in later milestones. Until then each page says
-what it will do and what is ready for it, so the window's shape is final from the start."""
+"""Compare and Export: their engines arrive in later milestones. Until then each page says what it
+will do, so the window's shape is final from the start."""
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 TEXT = {
-    "train": (
-        "Train",
-        "Trains a DreamBooth LoRA under the token <b>wrong</b> from your rejected images, with "
-        "checkpoints, resume and a live loss curve. {rejects}",
-    ),
     "compare": (
         "Compare",
         "Renders the same seeds three ways — base, base with <b>wrong</b> as the negative, and "
@@ -39,8 +34,4 @@ class LaterPage(QWidget):
         layout.addWidget(self.body)
         layout.addWidget(self.note)
         layout.addStretch(1)
-        self.set_counts({"reject": 0})
-
-    def set_counts(self, counts: dict) -> None:
-        n = counts.get("reject", 0)
-        self.body.setText(self._body.format(rejects=f"<br><br><b>{n}</b> rejected image{'s' if n != 1 else ''} ready."))
+        self.body.setText(self._body)

@@ -2,8 +2,9 @@
 model and the worker's state. Geometry and the last settings are remembered in the home."""
 
 import base64
+import os
 
-from PySide6.QtCore import QByteArray, QSize
+from PySide6.QtCore import QByteArray, QSize, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QWidget
 
@@ -15,6 +16,7 @@ from negalora.ui.generate_page import GeneratePage
 from negalora.ui.jobs import JobController
 from negalora.ui.later_pages import LaterPage
 from negalora.ui.thumbnails import ThumbnailCache
+from negalora.ui.train_page import TrainPage
 from negalora.ui.viewer import ImageViewer
 
 PAGES = ("generate", "gallery", "train", "compare", "export")
@@ -32,8 +34,14 @@ class MainWindow(QMainWindow):
 
         self.generate_page = GeneratePage()
         self.gallery_page = GalleryPage(self.store, self.gallery_model)
-        self.later = {name: LaterPage(name) for name in ("train", "compare", "export")}
-        self.pages = {"generate": self.generate_page, "gallery": self.gallery_page, **self.later}
+        self.train_page = TrainPage(self.store)
+        self.later = {name: LaterPage(name) for name in ("compare", "export")}
+        self.pages = {
+            "generate": self.generate_page,
+            "gallery": self.gallery_page,
+            "train": self.train_page,
+            **self.later,
+        }
 
         self.nav = QListWidget()
         self.nav.addItems([p.capitalize() for p in PAGES])
@@ -47,6 +55,7 @@ class MainWindow(QMainWindow):
         for name in PAGES:
             self.stack.addWidget(self.pages[name])
         self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.nav.currentRowChanged.connect(lambda row: self.train_page.refresh() if PAGES[row] == "train" else None)
         central = QWidget()
         row = QHBoxLayout(central)
         row.setContentsMargins(0, 0, 0, 0)
@@ -64,7 +73,8 @@ class MainWindow(QMainWindow):
 
         undo = QAction("Undo rating", self)
         undo.setShortcut(QKeySequence.StandardKey.Undo)
-        undo.triggered.connect(self.gallery_page.undo)
+        undo.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)  # also in the large view
+        undo.triggered.connect(self._undo)
         self.addAction(undo)
         for i, name in enumerate(PAGES):
             act = QAction(name, self)
@@ -78,14 +88,17 @@ class MainWindow(QMainWindow):
         self.gallery_page.open_image.connect(self.open_image)
         self.generate_page.open_image.connect(self.open_image)
         self.gallery_page.status.connect(lambda m: self.statusBar().showMessage(m, 5000))
-        self.gallery_model.counts_changed.connect(self._counts_changed)
         self.generate_page.generate.connect(self._submit)
         self.generate_page.cancel.connect(self._cancel)
+        self.train_page.start.connect(lambda config: self._submit_train(config=config))
+        self.train_page.resume.connect(lambda run: self._submit_train(resume=run))
+        self.train_page.cancel.connect(lambda: self.jobs.cancel(self._train_job) if self._train_job else None)
         self.jobs.event.connect(self._job_event)
         self.jobs.state_changed.connect(lambda s: self.worker_label.setText(f"worker: {s}"))
         self.jobs.message.connect(self._message)
         self.jobs.model_loaded.connect(self._model_loaded)
         self._job: str | None = None
+        self._train_job: str | None = None
         self._job_images = 0
         self.gallery_model.emit_counts()
         for row in reversed(self.store.images(limit=12)):  # the last session's newest images
@@ -106,10 +119,6 @@ class MainWindow(QMainWindow):
     def current_page(self) -> str:
         return PAGES[self.stack.currentIndex()]
 
-    def _counts_changed(self, counts: dict) -> None:
-        for page in self.later.values():
-            page.set_counts(counts)
-
     def _message(self, text: str) -> None:
         self.statusBar().showMessage(text, 15000)
 
@@ -128,8 +137,27 @@ class MainWindow(QMainWindow):
         if self._job is not None:
             self.jobs.cancel(self._job)
 
+    def _submit_train(self, config: dict | None = None, resume: str | None = None) -> None:
+        if self._train_job is not None:
+            self._message("A training run is going on; cancel it first")
+            return
+        self._train_job = self.jobs.submit_train(self.generate_page.model_spec(), config=config, resume=resume)
+        self.train_page.job_started()
+        self._save_settings()
+
+    def _train_event(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind in ("finished", "failed"):
+            self._train_job = None
+            self.train_page.job_ended(msg.get("status", "failed"), msg.get("error", ""))
+        else:
+            self.train_page.on_event(msg)
+
     def _job_event(self, msg: dict) -> None:
         kind = msg["type"]
+        if self._train_job is not None and msg.get("job") == self._train_job:
+            self._train_event(msg)
+            return
         if kind == "image":
             self.gallery_model.add_new(msg["image_id"])
         if msg.get("job") != self._job or self._job is None:
@@ -150,6 +178,11 @@ class MainWindow(QMainWindow):
         self.device_label.setText(f"device: {msg['device']}")
         self.model_label.setText(f"model: {msg['name']}")
 
+    def _undo(self) -> None:
+        self.gallery_page.undo()
+        if self.viewer.isVisible():
+            self.open_image(self._viewer_id)  # show the verdict it has again
+
     # -- large view -----------------------------------------------------------------------
 
     def open_image(self, image_id: int) -> None:
@@ -160,7 +193,10 @@ class MainWindow(QMainWindow):
 
     def _rate_from_viewer(self, verdict: str) -> None:
         self.gallery_page.rate_ids([self._viewer_id], verdict)
-        self.open_image(self._viewer_id)
+        before = self._viewer_id
+        self._step_viewer(1)  # auto-advance, as in the grid
+        if self._viewer_id == before:
+            self.open_image(before)  # the last image: show its new verdict
 
     def _step_viewer(self, delta: int) -> None:
         idx = self.gallery_model.index_of(self._viewer_id)
@@ -173,10 +209,16 @@ class MainWindow(QMainWindow):
     # -- settings -------------------------------------------------------------------------
 
     def _restore(self, model: str | None) -> None:
-        ui = self.home.settings().get("ui", {}) if self.home.settings_path.exists() else {}
+        settings = self.home.settings()
+        ui = settings.get("ui", {})
         self.generate_page.restore(ui.get("generate", {}))
-        if model:
-            self.generate_page.set_model_spec(model)
+        self.train_page.restore(ui.get("train", {}))
+        # --model, else the app's last model, else the same defaults as the command line
+        chosen = (
+            model or ui.get("generate", {}).get("model") or os.environ.get("NEGALORA_MODEL") or settings.get("model")
+        )
+        if chosen:
+            self.generate_page.set_model_spec(chosen)
         geometry = ui.get("geometry")
         if geometry:
             self.restoreGeometry(QByteArray(base64.b64decode(geometry)))
@@ -188,6 +230,7 @@ class MainWindow(QMainWindow):
         settings = self.home.settings()
         settings["ui"] = {
             "generate": self.generate_page.state(),
+            "train": self.train_page.state(),
             "geometry": base64.b64encode(bytes(self.saveGeometry())).decode(),
             "page": self.current_page(),
         }

@@ -19,6 +19,13 @@ class _LoadThumb(QRunnable):
         self.sha, self.source, self.cached, self.signals = sha, source, cached, signals
 
     def run(self) -> None:
+        image = QImage()
+        try:
+            image = self._load()
+        finally:  # always answer, or the thumbnail would wait forever
+            self.signals.ready.emit(self.sha, image)
+
+    def _load(self) -> QImage:
         image = QImage(str(self.cached)) if self.cached.exists() else QImage()
         if image.isNull():
             reader = QImageReader(str(self.source))
@@ -29,10 +36,10 @@ class _LoadThumb(QRunnable):
             image = reader.read()
             if not image.isNull():
                 self.cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.cached.with_suffix(".tmp.jpg")
+                tmp = self.cached.with_name(f".{self.cached.stem}.{id(self)}.jpg")
                 if image.convertToFormat(QImage.Format.Format_RGB888).save(str(tmp), "JPG", 90):
                     tmp.replace(self.cached)
-        self.signals.ready.emit(self.sha, image)
+        return image
 
 
 class ThumbnailCache(QObject):

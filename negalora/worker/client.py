@@ -24,13 +24,16 @@ class WorkerClient:
         self.proc: subprocess.Popen | None = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._pending: dict[str, dict] = {}  # sent, not started
-        self._running: str | None = None
+        self._pending: dict[str, dict] = {}  # sent, not yet taken by the worker
+        self._running: tuple[str, subprocess.Popen] | None = None  # the job a worker process has taken
         self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start a worker unless one is alive (a second one would run the same jobs again)."""
+        if self.alive:
+            return
         cmd = [sys.executable, "-m", "negalora.worker", "--home", str(self.home)]
         if self.device:
             cmd += ["--device", self.device]
@@ -49,12 +52,21 @@ class WorkerClient:
         return self.proc.pid if self.proc else None
 
     def restart(self) -> None:
-        """Start a new worker and send it every job that had not started."""
+        """Start a new worker and send it every job that had not been taken; nothing if one is alive."""
+        if self.alive:
+            return
         self.start()
         with self._lock:
             pending = list(self._pending.values())
         for job in pending:
             self._send(job)
+
+    def fail_pending(self, reason: str) -> None:
+        """Give up on every job not yet taken (e.g. the worker keeps dying): each is reported failed."""
+        with self._lock:
+            pending, self._pending = list(self._pending), {}
+        for job in pending:
+            self.on_event({"type": "failed", "job": job, "kind": "crash", "error": reason})
 
     def stop(self, timeout: float = 5.0) -> None:
         if not self.proc:
@@ -87,10 +99,13 @@ class WorkerClient:
         return job_id
 
     def cancel(self, job_id: str) -> None:
+        """The worker reports the outcome; only a job no worker can receive is ended here."""
+        if self.alive:
+            self._send({"type": "cancel", "job": job_id})
+            return
         with self._lock:
             queued = self._pending.pop(job_id, None)
-        self._send({"type": "cancel", "job": job_id})
-        if queued is not None and self._running != job_id:
+        if queued is not None:
             self.on_event({"type": "finished", "job": job_id, "status": "cancelled", "image_ids": []})
 
     @property
@@ -118,21 +133,23 @@ class WorkerClient:
                 continue
             job = msg.get("job")
             with self._lock:
-                if msg["type"] == "started":
+                if msg["type"] == "accepted":
                     self._pending.pop(job, None)
-                    self._running = job
+                    self._running = (job, proc)
                 elif msg["type"] in ("finished", "failed"):
                     self._pending.pop(job, None)
-                    if self._running == job:
+                    if self._running and self._running[0] == job:
                         self._running = None
-            self.on_event(msg)
+            if msg["type"] != "accepted":
+                self.on_event(msg)
         code = proc.wait()
-        if proc is not self.proc:
-            return
         with self._lock:
-            lost, self._running = self._running, None
+            lost = None
+            if self._running and self._running[1] is proc:  # this process died holding a job
+                lost, self._running = self._running[0], None
         if lost is not None:
             self.on_event(
                 {"type": "failed", "job": lost, "kind": "crash", "error": f"the worker stopped (exit code {code})"}
             )
-        self.on_event({"type": "exited", "code": code, "expected": self._stopping})
+        if proc is self.proc:
+            self.on_event({"type": "exited", "code": code, "expected": self._stopping})

@@ -56,7 +56,7 @@ class WorkerServer:
 
         key = (spec, self.device)
         if self._model_key != key:
-            self._generator = None  # free the old pipeline before loading the next
+            self._generator = self._model_key = None  # free the old pipeline; a failed load leaves none
             model = load_model(spec, self.home, choose_placement(self.device))
             self._generator = Generator(model, HashCache(self.home.cache / "hashes.json"))
             self._model_key = key
@@ -88,9 +88,14 @@ class WorkerServer:
                 self.out.send({"type": "finished", "job": job, "status": "cancelled", "image_ids": []})
                 return
             self.current = (job, token)
+        # Taken off the queue: from here a crash of this process is this job's failure.
+        self.out.send({"type": "accepted", "job": job})
         try:
             generator = self._generator_for(msg.get("model") or "demo")
             store = self._store_handle()
+            if msg.get("kind") == "train":
+                self._train(msg, generator.model, store, token)
+                return
             requests = [request_from_dict(r) for r in msg["requests"]]
             plans = [generator.plan(r) for r in requests]  # all checks before the first image
             total = sum(len(p) for p in plans)
@@ -113,7 +118,7 @@ class WorkerServer:
 
                 def image(stored, recipe):
                     ids.append(stored.id)
-                    if msg.get("reject"):
+                    if msg.get("reject") and not stored.duplicate:  # keep the artist's verdict on old images
                         store.rate([stored.id], "reject", msg.get("reasons", []))
                     self.out.send(
                         {
@@ -144,6 +149,30 @@ class WorkerServer:
         finally:
             with self.lock:
                 self.current = None
+
+    def _train(self, msg: dict, model, store, token: CancelToken) -> None:
+        """A training run (new, or resumed with ``resume``); every trainer event goes to the app."""
+        from negalora.train.config import TrainConfig
+        from negalora.train.trainer import Trainer
+
+        job = msg["job"]
+
+        def relay(event: dict) -> None:
+            self.out.send({**event, "job": job})
+
+        trainer = Trainer(self.home, store, model, on_event=relay, cancel=token)
+        self.out.send({"type": "started", "job": job, "total": 0})
+        if msg.get("resume"):
+            result = trainer.resume(msg["resume"])
+        else:
+            result = trainer.start(TrainConfig.from_dict(msg.get("config") or {}))
+        status = {"done": "done", "cancelled": "cancelled"}.get(result.status)
+        if status:
+            self.out.send({"type": "finished", "job": job, "status": status, "image_ids": [], "run": result.run_id})
+        else:
+            self.out.send(
+                {"type": "failed", "job": job, "kind": "training", "error": result.message, "run": result.run_id}
+            )
 
     def serve(self) -> None:
         self.out.send({"type": "ready", "pid": os.getpid()})
