@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--reason", action="append", dest="reasons", metavar="R", help="only rejects with this reason")
     t.add_argument("--captions-with-reasons", action="store_true", default=None, help='captions like "wrong, hands"')
     t.add_argument("--extra", action="append", metavar="PATH", help="more files or folders to train on")
+    t.add_argument(
+        "--prior-preservation", action="store_true", default=None, help="train beside class images from the base model"
+    )
+    t.add_argument("--class-prompt", metavar="P", help='caption of the class images (default "": unconditional)')
+    t.add_argument("--class-images", type=int, metavar="N", help="class images (default: as many as the rejects)")
+    t.add_argument("--prior-weight", type=float, metavar="W", help="weight of the class loss (default 1)")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     t.add_argument("--model", metavar="M")
     t.add_argument("--device", metavar="D")
@@ -378,6 +384,10 @@ TRAIN_FIELDS = (
     "reasons",
     "captions_with_reasons",
     "extra",
+    "prior_preservation",
+    "class_prompt",
+    "class_images",
+    "prior_weight",
 )
 
 

@@ -270,3 +270,24 @@ def test_resume_state_round_trips_without_pickle(tmp_path):
     for k in ("exp_avg", "exp_avg_sq", "step"):
         assert torch.equal(opt.state_dict()["state"][0][k], opt2.state_dict()["state"][0][k])
     assert b"pickle" not in (tmp_path / "s.safetensors").read_bytes()[:64]
+
+
+def test_prior_preservation_trains_beside_class_images_from_the_base_model(home):
+    store = _seed_rejects(home, 4)
+    model = _model(home)
+    plain = Trainer(home, store, model).start(_config(steps=4, checkpoint_every=4, validation_steps=0))
+    events = []
+    pp = Trainer(home, store, model, on_event=events.append).start(
+        _config(steps=4, checkpoint_every=4, validation_steps=0, prior_preservation=True, class_images=3, class_steps=3)
+    )
+    assert pp.status == "done"
+    assert [e["done"] for e in events if e["type"] == "class_images"] == [1, 2, 3]
+    made = list((home.cache / "class").rglob("*.png"))
+    assert len(made) == 3 and all(Image.open(p).size == (64, 64) for p in made)
+    # the class loss is part of every step's loss
+    a = dict(store.losses(plain.run_id))
+    b = dict(store.losses(pp.run_id))
+    assert all(b[s] != a[s] for s in a)
+    a_w, b_w = load_file(plain.checkpoints[-1]), load_file(pp.checkpoints[-1])
+    assert any(not torch.equal(a_w[k], b_w[k]) for k in a_w)
+    store.close()

@@ -42,6 +42,13 @@ class TrainConfig:
     validation_seed: int = 1234
     validation_steps: int = 20
     max_nan_steps: int = 5  # stop after this many non-finite losses in a row
+    # Prior preservation (DreamBooth): class images made by the base model before training, trained
+    # on beside the rejects, so the LoRA learns "wrong" without drifting away from the model's prior.
+    prior_preservation: bool = False
+    class_prompt: str = ""  # caption of the class images ("" is the unconditional prior)
+    class_images: int = 0  # how many (0: as many as the training images)
+    prior_weight: float = 1.0
+    class_steps: int = 25  # sampling steps used to make the class images
     extra: tuple[str, ...] = field(default_factory=tuple)  # files or folders trained on besides the rejects
 
     @property
@@ -82,6 +89,8 @@ class TrainConfig:
             raise NegaloraError(f"checkpoint every {self.checkpoint_every}: must be at least 1")
         if not self.token.strip():
             raise NegaloraError("the instance token must not be empty")
+        if self.prior_weight < 0 or self.class_images < 0 or self.class_steps < 1:
+            raise NegaloraError("prior weight and class images must not be negative; class steps at least 1")
 
 
 PRESETS = {

@@ -151,8 +151,9 @@ class Trainer:
         with open(run_dir / "log.txt", "a", encoding="utf-8") as fh:
             fh.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}\n")
 
-    def _prepare_samples(self, config: TrainConfig, images) -> tuple[list[list[Sample]], dict]:
-        """Latents for every image (and its mirror when flipping) and embeddings for every caption."""
+    def _prepare_samples(self, config: TrainConfig, images) -> tuple[list[list[Sample]], list[list[Sample]], dict]:
+        """Latents for every image (and its mirror when flipping), the class images' latents when
+        preserving the prior, and embeddings for every caption."""
         from negalora.train.buckets import make_buckets, nearest_bucket
         from negalora.train.dataset import load_rgb
 
@@ -177,20 +178,70 @@ class Trainer:
         from negalora.prompts import Conditioner
 
         conditioner = Conditioner(pipe)
-        text = {c: texts.get(conditioner, c) for c in sorted({s[0].caption for s in samples})}
-        return samples, text
+        class_samples = (
+            self._class_samples(config, len(images), latents, conditioner) if config.prior_preservation else []
+        )
+        captions = {s[0].caption for s in samples + class_samples}
+        text = {c: texts.get(conditioner, c) for c in sorted(captions)}
+        return samples, class_samples, text
 
-    def _batch(self, config: TrainConfig, samples, text, step: int, micro: int, world: int, rank: int):
-        """The micro-batch for (step, micro): a seeded permutation per epoch, so resumes see the same data."""
+    def _class_samples(
+        self, config: TrainConfig, n_images: int, latents: LatentCache, conditioner
+    ) -> list[list[Sample]]:
+        """Class images from the base model (no LoRA yet), made once and kept in the cache."""
+        import hashlib
+
+        size = config.resolution or self.model.native_size
+        count = config.class_images or n_images
+        key = hashlib.sha256(f"{config.class_prompt}|{size}|{config.class_steps}".encode()).hexdigest()[:16]
+        folder = self.home.cache / "class" / self.model.sha256[:16] / key
+        out = []
+        for k in range(count):
+            self.cancel.raise_if_cancelled()
+            path = folder / f"{k:05d}.png"
+            if not path.exists():
+                image = self._render(conditioner, config.class_prompt, "", seed=k, steps=config.class_steps, size=size)
+                from negalora.atomic import atomic_write_bytes
+
+                atomic_write_bytes(path, _png(image))
+            from negalora.train.dataset import load_rgb
+
+            rgb = load_rgb(path)
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            out.append([latents.get(self.model.pipe.vae, rgb, sha, (size, size), False, config.class_prompt)])
+            self.on_event({"type": "class_images", "done": k + 1, "total": count})
+        return out
+
+    @torch.no_grad()
+    def _render(self, conditioner, prompt: str, negative: str, *, seed: int, steps: int, size: int):
+        """One image from the pipeline as it stands (with the LoRA when one is attached)."""
+        from negalora.schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+        pipe = self.model.pipe
+        pipe.scheduler = make_scheduler(DEFAULT_SCHEDULER, self.model.scheduler_config)
+        cond = conditioner.encode(prompt, negative)
+        kwargs = {k: v.to(pipe.unet.dtype) for k, v in cond.pipeline_kwargs().items()}
+        return pipe(
+            **kwargs,
+            num_inference_steps=steps,
+            guidance_scale=7.0,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            width=size,
+            height=size,
+        ).images[0]
+
+    def _batch(self, config: TrainConfig, samples, text, step: int, micro: int, world: int, rank: int, stream=0):
+        """The micro-batch for (step, micro): a seeded permutation per epoch, so resumes see the same data.
+        ``stream`` 1 draws the class images' batch from its own random stream."""
         n = len(samples)
         per = config.batch
         first = ((step - 1) * config.grad_accum + micro) * per * world + rank * per
         chosen = []
         for i in range(first, first + per):
             epoch, pos = divmod(i, n)
-            perm = torch.randperm(n, generator=_seeded(config.seed, epoch, 7))
+            perm = torch.randperm(n, generator=_seeded(config.seed, epoch, 7 + 100 * stream))
             variants = samples[int(perm[pos])]
-            flip = int(torch.randint(len(variants), (1,), generator=_seeded(config.seed, i, 11)))
+            flip = int(torch.randint(len(variants), (1,), generator=_seeded(config.seed, i, 11 + 100 * stream)))
             chosen.append(variants[flip])
         shapes = {tuple(s.latents.shape) for s in chosen}
         if len(shapes) > 1:  # buckets differ: keep the first image's bucket for this batch
@@ -201,9 +252,9 @@ class Trainer:
         pooled = torch.stack([text[s.caption][1] for s in chosen])
         return latents, time_ids, embeds, pooled
 
-    def _loss(self, unet, noise_scheduler, config, batch, step: int, micro: int, device, weight_dtype):
+    def _loss(self, unet, noise_scheduler, config, batch, step: int, micro: int, device, weight_dtype, stream=0):
         latents, time_ids, embeds, pooled = (t.to(device) for t in batch)
-        g = _seeded(config.seed, step, micro, 3)
+        g = _seeded(config.seed, step, micro, 3 + 100 * stream)
         noise = torch.randn(latents.shape, generator=g).to(device)
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn(
@@ -262,7 +313,7 @@ class Trainer:
         status, message, last_loss = "failed", "", None
         unet = pipe.unet
         try:
-            samples, text = self._prepare_samples(config, images)
+            samples, class_samples, text = self._prepare_samples(config, images)
             # The VAE and text encoders are done: they leave the GPU while the UNet trains.
             _move(pipe, ("vae", "text_encoder", "text_encoder_2"), "cpu")
             unet.to(device, dtype=weight_dtype)
@@ -293,7 +344,7 @@ class Trainer:
                 optimizer,
                 lr_schedule,
                 noise_scheduler,
-                samples,
+                (samples, class_samples),
                 text,
                 start_step,
                 weight_dtype,
@@ -340,6 +391,7 @@ class Trainer:
     ):
         device = accelerator.device
         world, rank = accelerator.num_processes, accelerator.process_index
+        instance, class_samples = samples
         unet.train()
         nan_run = 0
         last_loss = None
@@ -351,9 +403,13 @@ class Trainer:
             total = 0.0
             finite = True
             for micro in range(config.grad_accum):
-                batch = self._batch(config, samples, text, step, micro, world, rank)
+                batch = self._batch(config, instance, text, step, micro, world, rank)
                 with accelerator.autocast():
                     loss = self._loss(unet, noise_scheduler, config, batch, step, micro, device, weight_dtype)
+                    if class_samples:  # prior preservation: the base model's own images, beside the rejects
+                        cbatch = self._batch(config, class_samples, text, step, micro, world, rank, stream=1)
+                        closs = self._loss(unet, noise_scheduler, config, cbatch, step, micro, device, weight_dtype, 1)
+                        loss = loss + config.prior_weight * closs
                 if not torch.isfinite(loss):
                     finite = False
                     break
@@ -428,7 +484,6 @@ class Trainer:
         if not config.validation_prompts or config.validation_steps < 1:
             return
         from negalora.prompts import Conditioner
-        from negalora.schedulers import DEFAULT_SCHEDULER, make_scheduler
 
         pipe = self.model.pipe
         was_training = unet.training
@@ -437,19 +492,12 @@ class Trainer:
         out_dir = self.home.runs / run_id / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         conditioner = Conditioner(pipe)
-        pipe.scheduler = make_scheduler(DEFAULT_SCHEDULER, self.model.scheduler_config)
+        size = config.resolution or self.model.native_size
         paths = []
         for k, prompt in enumerate(config.validation_prompts):
-            cond = conditioner.encode(prompt, config.token)
-            kwargs = {k2: v.to(unet.dtype) for k2, v in cond.pipeline_kwargs().items()}
-            image = pipe(
-                **kwargs,
-                num_inference_steps=config.validation_steps,
-                guidance_scale=7.0,
-                generator=torch.Generator("cpu").manual_seed(config.validation_seed),
-                width=config.resolution or self.model.native_size,
-                height=config.resolution or self.model.native_size,
-            ).images[0]
+            image = self._render(
+                conditioner, prompt, config.token, seed=config.validation_seed, steps=config.validation_steps, size=size
+            )
             path = out_dir / f"step-{step:06d}-{k}.png"
             image.save(path)
             paths.append(str(path))
@@ -465,6 +513,14 @@ class Trainer:
                 "prompts": list(config.validation_prompts),
             }
         )
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _state_path(lora_path: Path) -> Path:

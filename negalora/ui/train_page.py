@@ -94,6 +94,8 @@ class TrainPage(QWidget):
         self.keep_last.setSpecialValueText("all")
         self.token = QLineEdit("wrong")
         self.with_reasons = QCheckBox('Captions with reasons ("wrong, hands")')
+        self.prior = QCheckBox("Prior preservation")
+        self.prior.setToolTip("Train beside class images the base model makes first (DreamBooth's prior loss).")
         self.reasons = QLineEdit()
         self.reasons.setPlaceholderText("all reasons (or e.g. hands, text)")
 
@@ -119,7 +121,7 @@ class TrainPage(QWidget):
             grid.addWidget(QLabel(label), i // 3, (i % 3) * 2)
             grid.addWidget(widget, i // 3, (i % 3) * 2 + 1)
         checks = QHBoxLayout()
-        for c in (self.flip, self.feed_forward, self.with_reasons):
+        for c in (self.flip, self.feed_forward, self.with_reasons, self.prior):
             checks.addWidget(c)
         checks.addStretch(1)
         settings = QGroupBox("Settings")
@@ -235,6 +237,7 @@ class TrainPage(QWidget):
         self.min_snr.setValue(c.min_snr_gamma or 0.0)
         self.token.setText(c.token)
         self.with_reasons.setChecked(c.captions_with_reasons)
+        self.prior.setChecked(c.prior_preservation)
         self.reasons.setText(", ".join(c.reasons))
 
     def config(self) -> TrainConfig:
@@ -257,6 +260,7 @@ class TrainPage(QWidget):
             keep_last=self.keep_last.value(),
             token=self.token.text().strip() or "wrong",
             captions_with_reasons=self.with_reasons.isChecked(),
+            prior_preservation=self.prior.isChecked(),
             reasons=reasons,
         )
 
@@ -356,6 +360,8 @@ class TrainPage(QWidget):
             self.show_preflight(e["images"], e["refused"], e["warnings"])
         elif kind == "caching":
             self.status.setText(f"Caching latents {e['done']}/{e['total']}")
+        elif kind == "class_images":
+            self.status.setText(f"Making class images with the base model {e['done']}/{e['total']}")
         elif kind == "train_step":
             self._steps.append(e["step"])
             self._losses.append(e["loss"])
