@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rank", type=int, metavar="R")
     t.add_argument("--alpha", type=float, metavar="A", help="LoRA alpha (default: the rank)")
     t.add_argument("--feed-forward", action="store_true", default=None, help="also adapt the feed-forward layers")
+    t.add_argument("--train-text-encoder", action="store_true", default=None, help="a LoRA on both text encoders too")
     t.add_argument("--steps", type=int, metavar="N")
     t.add_argument("--lr", type=float, metavar="X")
     t.add_argument("--lr-schedule", metavar="S", help="constant, constant_with_warmup or cosine")
@@ -363,6 +364,7 @@ TRAIN_FIELDS = (
     "rank",
     "alpha",
     "feed_forward",
+    "train_text_encoder",
     "steps",
     "lr",
     "lr_schedule",

@@ -109,6 +109,7 @@ class Generator:
     _refiner_conditioner: RefinerConditioner | None = field(default=None, init=False)
     _lora: _LoraState = field(default_factory=_LoraState, init=False)
     _schedulers: dict = field(default_factory=dict, init=False)
+    _lora_applied: tuple = field(default=("", 1.0), init=False)
 
     def __post_init__(self):
         self._conditioner = Conditioner(self.model.pipe)
@@ -182,6 +183,10 @@ class Generator:
         return self._schedulers[name]
 
     def _apply_lora(self, recipe: Recipe) -> None:
+        state = (recipe.lora_hash, recipe.lora_scale)
+        if state != self._lora_applied:
+            self._conditioner.clear()  # a LoRA may adapt the text encoders too
+            self._lora_applied = state
         pipe = self.model.pipe
         if not recipe.lora_path:
             if self._lora.sha256:

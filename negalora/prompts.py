@@ -105,6 +105,10 @@ class Conditioner:
         self._cache: dict[tuple[str, str], Conditioning] = {}
         self._cache_size = cache_size
 
+    def clear(self) -> None:
+        """Forget cached results (the text encoders changed: a LoRA on them was loaded or removed)."""
+        self._cache.clear()
+
     @torch.no_grad()
     def encode(self, prompt: str, negative: str = "") -> Conditioning:
         key = (prompt, negative)

@@ -92,32 +92,41 @@ def test_a_50_step_run_logs_every_loss_and_its_lora_works(home):
     store.close()
 
 
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
+def _straight_and_resumed(tmp_path, config, stop_at, images):
+    """The same run twice: straight through, and cancelled after step ``stop_at`` then resumed.
+    Returns both final LoRA files' tensors and the resumed run's (store, model, run id)."""
     from negalora.home import Home
 
     finals = []
     for name, interrupt in (("straight", False), ("resumed", True)):
         home = Home(tmp_path / name)
-        store = _seed_rejects(home, 6)
+        store = _seed_rejects(home, images)
         model = _model(home)
         cancel = CancelToken()
 
         def on_event(e, cancel=cancel, interrupt=interrupt):
-            if interrupt and e["type"] == "train_step" and e["step"] == 10:
+            if interrupt and e["type"] == "train_step" and e["step"] == stop_at:
                 cancel.cancel()
 
-        first = Trainer(home, store, model, on_event=on_event, cancel=cancel).start(_config(flip=True))
+        first = Trainer(home, store, model, on_event=on_event, cancel=cancel).start(config)
         if interrupt:
-            assert first.status == "cancelled" and first.steps_done == 10
+            assert first.status == "cancelled" and first.steps_done == stop_at
             again = Trainer(home, store, model).resume(first.run_id)
-            assert again.status == "done" and again.steps_done == 20
-            assert [s for s, _ in store.losses(first.run_id)] == list(range(1, 21))
+            assert again.status == "done" and again.steps_done == config.steps
         finals.append(load_file(store.checkpoints(first.run_id)[-1]["path"]))
-        store.close()
+        if not interrupt:
+            store.close()
     a, b = finals
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+    return a, (store, model, first.run_id)
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    _, (store, _, run_id) = _straight_and_resumed(tmp_path, _config(flip=True), stop_at=10, images=6)
+    assert [s for s, _ in store.losses(run_id)] == list(range(1, 21))
+    store.close()
 
 
 def test_a_run_killed_with_sigkill_resumes(home):
@@ -290,4 +299,17 @@ def test_prior_preservation_trains_beside_class_images_from_the_base_model(home)
     assert all(b[s] != a[s] for s in a)
     a_w, b_w = load_file(plain.checkpoints[-1]), load_file(pp.checkpoints[-1])
     assert any(not torch.equal(a_w[k], b_w[k]) for k in a_w)
+    store.close()
+
+
+def test_a_text_encoder_lora_is_trained_saved_loaded_and_resumed_exactly(tmp_path):
+    cfg = _config(steps=6, checkpoint_every=3, validation_steps=0, train_text_encoder=True)
+    a, (store, model, run_id) = _straight_and_resumed(tmp_path, cfg, stop_at=3, images=4)
+    assert any(k.startswith("text_encoder.") for k in a) and any(k.startswith("text_encoder_2.") for k in a)
+    # the pipeline is clean again, and diffusers loads the file with its text-encoder parts
+    pipe = model.pipe
+    assert not any("lora" in n for n, _ in pipe.text_encoder.named_parameters())
+    pipe.load_lora_weights(store.checkpoints(run_id)[-1]["path"], adapter_name="te")
+    assert any("lora" in n for n, _ in pipe.text_encoder_2.named_parameters())
+    pipe.unload_lora_weights()
     store.close()

@@ -7,6 +7,7 @@ from negalora.errors import NegaloraError
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention, as kohya and diffusers adapt it
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
 MIXED = ("no", "bf16", "fp16")
@@ -20,6 +21,7 @@ class TrainConfig:
     rank: int = 4
     alpha: float | None = None  # None: alpha = rank (scale 1), as Woolf's LoRA
     feed_forward: bool = False  # also adapt the transformer blocks' feed-forward layers
+    train_text_encoder: bool = False  # a LoRA on both text encoders too (their outputs are then not cached)
     steps: int = 500
     lr: float = 1e-4
     lr_schedule: str = "constant"

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file
 
-from negalora.train.config import TrainConfig
+from negalora.train.config import TEXT_ATTENTION, TrainConfig
 
 ADAPTER = "default"
 
@@ -24,11 +23,18 @@ def lora_config(config: TrainConfig) -> LoraConfig:
     )
 
 
-def add_lora(unet, config: TrainConfig) -> list[torch.nn.Parameter]:
-    """Freeze the UNet, add the adapter, keep the LoRA weights in fp32; returns the trainable parameters."""
-    unet.requires_grad_(False)
-    unet.add_adapter(lora_config(config), adapter_name=ADAPTER)
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+def text_lora_config(config: TrainConfig) -> LoraConfig:
+    return LoraConfig(
+        r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian", target_modules=list(TEXT_ATTENTION)
+    )
+
+
+def add_lora(model, config: TrainConfig, *, text: bool = False) -> list[torch.nn.Parameter]:
+    """Freeze a UNet (or, with ``text``, a CLIP text encoder), add the adapter, keep the LoRA weights in
+    fp32; returns the trainable parameters."""
+    model.requires_grad_(False)
+    model.add_adapter(text_lora_config(config) if text else lora_config(config), adapter_name=ADAPTER)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
@@ -47,7 +53,7 @@ def load_peft_state(unet, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"LoRA state has keys the model does not: {unexpected[:3]}")
 
 
-def save_diffusers_lora(unet, path: Path, config: TrainConfig) -> Path:
+def save_diffusers_lora(unet, path: Path, config: TrainConfig, text_encoders=()) -> Path:
     """Write ``path`` as diffusers' ``pytorch_lora_weights.safetensors`` (with ``lora_adapter_metadata``),
     atomically: the library writes into a temp folder beside it, then the file is moved into place."""
     from diffusers import StableDiffusionXLPipeline
@@ -57,11 +63,21 @@ def save_diffusers_lora(unet, path: Path, config: TrainConfig) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lora-", dir=path.parent))
     try:
+        extra = {}
+        if text_encoders:
+            te1, te2 = text_encoders
+            extra = {
+                "text_encoder_lora_layers": convert_state_dict_to_diffusers(peft_state(te1)),
+                "text_encoder_2_lora_layers": convert_state_dict_to_diffusers(peft_state(te2)),
+                "text_encoder_lora_adapter_metadata": text_lora_config(config).to_dict(),
+                "text_encoder_2_lora_adapter_metadata": text_lora_config(config).to_dict(),
+            }
         StableDiffusionXLPipeline.save_lora_weights(
             str(tmp),
             unet_lora_layers=convert_state_dict_to_diffusers(peft_state(unet)),
             unet_lora_adapter_metadata=lora_config(config).to_dict(),
             weight_name="lora.safetensors",
+            **extra,
         )
         written = tmp / "lora.safetensors"
         with open(written, "rb") as fh:
@@ -70,12 +86,3 @@ def save_diffusers_lora(unet, path: Path, config: TrainConfig) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def load_diffusers_lora_as_peft(path: Path) -> dict[str, torch.Tensor]:
-    """Read a file written by ``save_diffusers_lora`` back into peft-style UNet keys."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
-
-    state = load_file(str(path))
-    unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
-    return convert_unet_state_dict_to_peft(unet_state)

@@ -19,9 +19,21 @@ from negalora.atomic import FILE_MODE
 FORMAT = "negalora-resume-1"
 
 
-def save_resume_state(path: Path, *, step: int, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> None:
+def save_resume_state(
+    path: Path,
+    *,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    lora: dict[str, dict[str, torch.Tensor]] | None = None,
+    extra: dict | None = None,
+) -> None:
+    """``lora`` maps a part ("unet", "text_encoder", "text_encoder_2") to its peft-style LoRA tensors,
+    kept exactly as trained so a resume needs no format conversion."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
+    for part, values in (lora or {}).items():
+        for key, value in values.items():
+            tensors[f"lora.{part}.{key}"] = value.detach().cpu().contiguous()
     scalars: dict[str, dict] = {}
     for idx, values in state["state"].items():
         for name, value in values.items():
@@ -52,15 +64,19 @@ def save_resume_state(path: Path, *, step: int, optimizer: torch.optim.Optimizer
 
 
 def load_resume_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore the optimizer from ``path``; returns the saved metadata (step, extra)."""
+    """Restore the optimizer from ``path``; returns the saved metadata (step, extra, lora tensors)."""
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["negalora"])
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a negalora resume state")
         state: dict[int, dict] = {}
+        lora: dict[str, dict[str, torch.Tensor]] = {}
         for key in f.keys():
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = f.get_tensor(key)
+            kind, first, rest = key.split(".", 2)
+            if kind == "lora":
+                lora.setdefault(first, {})[rest] = f.get_tensor(key)
+            else:
+                state.setdefault(int(first), {})[rest] = f.get_tensor(key)
     for idx, values in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(values)
     device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
@@ -69,4 +85,16 @@ def load_resume_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
         for i, s in state.items()
     }
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    meta["lora"] = lora
     return meta
+
+
+def read_resume_lora(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Only the LoRA tensors of a resume state, by part."""
+    lora: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            if key.startswith("lora."):
+                _, part, rest = key.split(".", 2)
+                lora.setdefault(part, {})[rest] = f.get_tensor(key)
+    return lora

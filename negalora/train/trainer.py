@@ -27,8 +27,10 @@ from negalora.models.loader import LoadedModel
 from negalora.store import Store
 from negalora.train.cache import LatentCache, Sample, TextCache
 from negalora.train.config import TrainConfig
-from negalora.train.lora import add_lora, load_diffusers_lora_as_peft, load_peft_state, save_diffusers_lora
-from negalora.train.resume_state import load_resume_state, save_resume_state
+from negalora.train.lora import add_lora, load_peft_state, peft_state, save_diffusers_lora
+from negalora.train.resume_state import load_resume_state, read_resume_lora, save_resume_state
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 DEFAULT_VALIDATION_PROMPTS = ("a photo of a person", "a landscape painting")
 DEMO_VALIDATION_PROMPTS = ("a red circle on a blue background", "a yellow square on a black background")
@@ -248,11 +250,19 @@ class Trainer:
             chosen = [s for s in chosen if tuple(s.latents.shape) == tuple(chosen[0].latents.shape)]
         latents = torch.stack([s.latents for s in chosen])
         time_ids = torch.stack([s.time_ids for s in chosen])
+        if config.train_text_encoder:  # the encoders are learning: their outputs are made in _loss
+            return latents, time_ids, [s.caption for s in chosen]
         embeds = torch.stack([text[s.caption][0] for s in chosen])
         pooled = torch.stack([text[s.caption][1] for s in chosen])
         return latents, time_ids, embeds, pooled
 
     def _loss(self, unet, noise_scheduler, config, batch, step: int, micro: int, device, weight_dtype, stream=0):
+        if len(batch) == 3:  # captions: encode them with the LoRA'd text encoders, with gradients
+            latents, time_ids, captions = batch
+            embeds, _, pooled, _ = self.model.pipe.encode_prompt(
+                captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            batch = (latents, time_ids, embeds, pooled)
         latents, time_ids, embeds, pooled = (t.to(device) for t in batch)
         g = _seeded(config.seed, step, micro, 3 + 100 * stream)
         noise = torch.randn(latents.shape, generator=g).to(device)
@@ -312,16 +322,26 @@ class Trainer:
         self._log(run_dir, f"{'resume at step ' + str(start_step) if start_step else 'start'} on {device} ({mixed})")
         status, message, last_loss = "failed", "", None
         unet = pipe.unet
+        encoders = [getattr(pipe, n) for n in TEXT_ENCODERS] if config.train_text_encoder else []
+        self._frozen = ("vae",) if encoders else ("vae", *TEXT_ENCODERS)
         try:
             samples, class_samples, text = self._prepare_samples(config, images)
-            # The VAE and text encoders are done: they leave the GPU while the UNet trains.
-            _move(pipe, ("vae", "text_encoder", "text_encoder_2"), "cpu")
+            # What no longer changes leaves the GPU while the LoRA trains.
+            _move(pipe, self._frozen, "cpu")
             unet.to(device, dtype=weight_dtype)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)  # the LoRA's initial weights depend on the run's seed only
                 params = add_lora(unet, config)
+                for encoder in encoders:
+                    encoder.to(device, dtype=weight_dtype)
+                    params += add_lora(encoder, config, text=True)
+                    encoder.train()
             if resume_from is not None:
-                load_peft_state(unet, load_diffusers_lora_as_peft(Path(resume_from["path"])))
+                saved = read_resume_lora(_state_path(Path(resume_from["path"])))
+                for name, part in (("unet", unet), *zip(TEXT_ENCODERS, encoders, strict=False)):
+                    if name not in saved:
+                        raise NegaloraError(f"{resume_from['path']}: the resume state has no LoRA for the {name}")
+                    load_peft_state(part, saved[name])
             if config.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
             optimizer = self._optimizer(config, params, device)
@@ -365,7 +385,10 @@ class Trainer:
             self._log(run_dir, f"{status} at step {steps_done} {message}".strip())
             _remove_lora(accelerator.unwrap_model(unet))
             unet.to(dtype=self.model.placement.dtype)
-            _move(pipe, ("vae", "text_encoder", "text_encoder_2"), self.model.placement.device)
+            for encoder in encoders:
+                _remove_lora(encoder)
+                encoder.to(dtype=self.model.placement.dtype)
+            _move(pipe, ("vae", *TEXT_ENCODERS), self.model.placement.device)
             if self.model.placement.vae_dtype != pipe.vae.dtype:
                 pipe.vae.to(dtype=self.model.placement.vae_dtype)
         result = RunResult(
@@ -460,8 +483,11 @@ class Trainer:
         run_dir = self.home.runs / run_id
         path = run_dir / "checkpoints" / f"step-{step:06d}.safetensors"
         raw = accelerator.unwrap_model(unet)
-        save_diffusers_lora(raw, path, config)
-        save_resume_state(_state_path(path), step=step, optimizer=optimizer, extra={"run": run_id})
+        pipe = self.model.pipe
+        encoders = tuple(getattr(pipe, n) for n in TEXT_ENCODERS) if config.train_text_encoder else ()
+        save_diffusers_lora(raw, path, config, text_encoders=encoders)
+        lora = {"unet": peft_state(raw), **{n: peft_state(e) for n, e in zip(TEXT_ENCODERS, encoders, strict=False)}}
+        save_resume_state(_state_path(path), step=step, optimizer=optimizer, lora=lora, extra={"run": run_id})
         self.store.add_checkpoint(run_id, step, path, sha256_file(path))
         self.store.update_run(run_id, steps_done=step)
         self._log(run_dir, f"checkpoint step {step}")
@@ -486,9 +512,11 @@ class Trainer:
         from negalora.prompts import Conditioner
 
         pipe = self.model.pipe
+        parts = [unet] + ([getattr(pipe, n) for n in TEXT_ENCODERS] if config.train_text_encoder else [])
         was_training = unet.training
-        unet.eval()
-        _move(pipe, ("vae", "text_encoder", "text_encoder_2"), self.model.placement.device)
+        for part in parts:
+            part.eval()
+        _move(pipe, self._frozen, self.model.placement.device)
         out_dir = self.home.runs / run_id / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         conditioner = Conditioner(pipe)
@@ -501,9 +529,10 @@ class Trainer:
             path = out_dir / f"step-{step:06d}-{k}.png"
             image.save(path)
             paths.append(str(path))
-        _move(pipe, ("vae", "text_encoder", "text_encoder_2"), "cpu")
+        _move(pipe, self._frozen, "cpu")
         if was_training:
-            unet.train()
+            for part in parts:
+                part.train()
         self.on_event(
             {
                 "type": "validation",
@@ -534,16 +563,18 @@ def _move(pipe, names, device) -> None:
             module.to(device)
 
 
-def _remove_lora(unet) -> None:
-    """Leave the shared pipeline as it was: no adapter, nothing trainable."""
+def _remove_lora(model) -> None:
+    """Leave the shared pipeline as it was: no adapter, nothing trainable (a diffusers UNet or a
+    transformers text encoder: their peft methods are named differently)."""
+    remove = getattr(model, "delete_adapters", None) or getattr(model, "delete_adapter", None)
     try:
-        unet.delete_adapters(["default"])
-    except (ValueError, AttributeError, KeyError):
+        remove(["default"])
+    except (ValueError, KeyError, TypeError):
         pass
-    unet.requires_grad_(False)
-    unet.eval()
-    if getattr(unet, "is_gradient_checkpointing", False):
-        unet.disable_gradient_checkpointing()
+    model.requires_grad_(False)
+    model.eval()
+    if hasattr(model, "disable_gradient_checkpointing") and getattr(model, "is_gradient_checkpointing", False):
+        model.disable_gradient_checkpointing()
 
 
 def _with_validation_prompts(config: TrainConfig, model: LoadedModel) -> TrainConfig:

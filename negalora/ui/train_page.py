@@ -94,6 +94,7 @@ class TrainPage(QWidget):
         self.keep_last.setSpecialValueText("all")
         self.token = QLineEdit("wrong")
         self.with_reasons = QCheckBox('Captions with reasons ("wrong, hands")')
+        self.text_encoder = QCheckBox("Text encoders too")
         self.prior = QCheckBox("Prior preservation")
         self.prior.setToolTip("Train beside class images the base model makes first (DreamBooth's prior loss).")
         self.reasons = QLineEdit()
@@ -121,7 +122,7 @@ class TrainPage(QWidget):
             grid.addWidget(QLabel(label), i // 3, (i % 3) * 2)
             grid.addWidget(widget, i // 3, (i % 3) * 2 + 1)
         checks = QHBoxLayout()
-        for c in (self.flip, self.feed_forward, self.with_reasons, self.prior):
+        for c in (self.flip, self.feed_forward, self.text_encoder, self.with_reasons, self.prior):
             checks.addWidget(c)
         checks.addStretch(1)
         settings = QGroupBox("Settings")
@@ -238,6 +239,7 @@ class TrainPage(QWidget):
         self.token.setText(c.token)
         self.with_reasons.setChecked(c.captions_with_reasons)
         self.prior.setChecked(c.prior_preservation)
+        self.text_encoder.setChecked(c.train_text_encoder)
         self.reasons.setText(", ".join(c.reasons))
 
     def config(self) -> TrainConfig:
@@ -261,6 +263,7 @@ class TrainPage(QWidget):
             token=self.token.text().strip() or "wrong",
             captions_with_reasons=self.with_reasons.isChecked(),
             prior_preservation=self.prior.isChecked(),
+            train_text_encoder=self.text_encoder.isChecked(),
             reasons=reasons,
         )
 
