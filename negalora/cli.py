@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--class-prompt", metavar="P", help='caption of the class images (default "": unconditional)')
     t.add_argument("--class-images", type=int, metavar="N", help="class images (default: as many as the rejects)")
     t.add_argument("--prior-weight", type=float, metavar="W", help="weight of the class loss (default 1)")
+    t.add_argument("--since", metavar="DATE", help="only rejects rated on or after this ISO date/time")
+    t.add_argument("--until", metavar="DATE", help="only rejects rated on or before this ISO date/time")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     t.add_argument("--model", metavar="M")
     t.add_argument("--device", metavar="D")
@@ -426,7 +428,10 @@ def cmd_train(args) -> int:
     cancel = CancelToken()
     trainer = Trainer(home, store, model, on_event=on_event, cancel=cancel)
     try:
-        result = trainer.resume(args.resume) if args.resume else trainer.start(config)
+        if args.resume:
+            result = trainer.resume(args.resume)
+        else:
+            result = trainer.start(config, since=args.since, until=args.until)
     except KeyboardInterrupt:
         print("negalora: interrupted; resume with --resume", file=sys.stderr)
         return 130

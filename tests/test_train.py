@@ -313,3 +313,9 @@ def test_a_text_encoder_lora_is_trained_saved_loaded_and_resumed_exactly(tmp_pat
     assert any("lora" in n for n, _ in pipe.text_encoder_2.named_parameters())
     pipe.unload_lora_weights()
     store.close()
+
+
+def test_train_cli_date_window_filters_the_rejects(cli, home):
+    _seed_rejects(home, 5).close()
+    r = cli("train", "--preset", "cpu-demo", "--since", "2999-01-01", "--home", home.root)
+    assert r.code == 2 and "no training images" in r.err
