@@ -423,10 +423,21 @@ def cmd_train(args) -> int:
         elif e["type"] == "nan_skip" and not args.json:
             print(f"negalora: step {e['step']}: non-finite loss, skipped", file=sys.stderr)
 
+    import signal
+
     from negalora.cancel import CancelToken
 
     cancel = CancelToken()
     trainer = Trainer(home, store, model, on_event=on_event, cancel=cancel)
+    # The first Ctrl+C stops at the next step with a checkpoint (resume continues there); a second one aborts.
+    previous = signal.getsignal(signal.SIGINT)
+
+    def first_interrupt(signum, frame):
+        print("negalora: stopping after this step (Ctrl+C again to abort)", file=sys.stderr)
+        cancel.cancel()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, first_interrupt)
     try:
         if args.resume:
             result = trainer.resume(args.resume)
@@ -436,6 +447,7 @@ def cmd_train(args) -> int:
         print("negalora: interrupted; resume with --resume", file=sys.stderr)
         return 130
     finally:
+        signal.signal(signal.SIGINT, previous)
         store.close()
     payload = {
         "run": result.run_id,

@@ -206,6 +206,14 @@ class Generator:
             self._lora = _LoraState(recipe.lora_path, recipe.lora_hash)
         pipe.set_adapters([LORA_ADAPTER], adapter_weights=[recipe.lora_scale])
 
+    def release_lora(self) -> None:
+        """Take any LoRA off the shared pipeline (before training on it)."""
+        if self._lora.sha256:
+            self.model.pipe.unload_lora_weights()
+            self._lora = _LoraState()
+        self._lora_applied = ("", 1.0)
+        self._conditioner.clear()
+
     @torch.no_grad()
     def render(
         self,

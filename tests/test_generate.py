@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from tests_helpers_lora import write_demo_lora
 
 from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError
@@ -122,28 +123,8 @@ def test_non_square_size(generator):
     assert generator.render(recipe).size == (96, 48)
 
 
-def _write_demo_lora(pipe, path, rank=4, seed=0):
-    """A LoRA for the demo UNet's attention, with non-zero up weights so it changes the output."""
-    from diffusers import StableDiffusionXLPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    unet = pipe.unet
-    unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="tmp"
-    )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "lora_B" in name and ".tmp" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    state = get_peft_model_state_dict(unet, adapter_name="tmp")
-    unet.delete_adapters("tmp")
-    StableDiffusionXLPipeline.save_lora_weights(str(path.parent), unet_lora_layers=state, weight_name=path.name)
-    return path
-
-
 def test_lora_changes_output_and_scale_zero_is_base(generator, tmp_path):
-    lora = _write_demo_lora(generator.model.pipe, tmp_path / "wrong.safetensors")
+    lora = write_demo_lora(generator.model.pipe, tmp_path / "wrong.safetensors")
     base_r = generator.plan(GenerateRequest(prompts=("a red circle",), seed=9, steps=5))[0]
     base = _pixels(generator.render(base_r))
     with_lora_r = generator.plan(

@@ -319,3 +319,77 @@ def test_train_cli_date_window_filters_the_rejects(cli, home):
     _seed_rejects(home, 5).close()
     r = cli("train", "--preset", "cpu-demo", "--since", "2999-01-01", "--home", home.root)
     assert r.code == 2 and "no training images" in r.err
+
+
+def test_bf16_training_leaves_generation_as_it_was(home):
+    """As on a bf16 GPU: accelerate's autocast wrapper must not stay on the shared UNet (a bf16 VAE then
+    refuses fp32 latents). The run before it, in the same process, uses another precision."""
+    from negalora.device import Placement
+
+    store = _seed_rejects(home, 4)
+    plain = Trainer(home, store, _model(home)).start(_config(steps=2, checkpoint_every=2, validation_steps=0))
+    assert plain.status == "done"
+    cpu = choose_placement("cpu")
+    model = load_model("demo", home, Placement(cpu.device, torch.bfloat16, torch.bfloat16))
+    gen = Generator(model)
+    recipe = gen.plan(GenerateRequest(prompts=("a red circle",), seed=2, steps=3))[0]
+    before = np.asarray(gen.render(recipe))
+    half = Trainer(home, store, model).start(
+        _config(steps=2, checkpoint_every=2, validation_steps=2, mixed_precision="bf16")
+    )
+    assert half.status == "done"
+    assert np.array_equal(np.asarray(gen.render(recipe)), before)
+    store.close()
+
+
+def test_a_lora_left_from_generation_is_taken_off_before_training(home, tmp_path):
+    from tests_helpers_lora import write_demo_lora
+
+    store = _seed_rejects(home, 4)
+    model = _model(home)
+    lora = write_demo_lora(model.pipe, tmp_path / "user.safetensors")
+    gen = Generator(model)
+    gen.render(gen.plan(GenerateRequest(prompts=("a",), seed=1, steps=2, lora=str(lora)))[0])
+    assert model.pipe.unet.peft_config  # the user's LoRA is on the pipeline
+    events = []
+    result = Trainer(home, store, model, on_event=events.append).start(_config(steps=2, checkpoint_every=2))
+    assert result.status == "done"
+    keys = load_file(result.checkpoints[-1]).keys()
+    assert keys and not any("negalora_lora" in k for k in keys)
+    assert not getattr(model.pipe.unet, "peft_config", None)
+    store.close()
+
+
+def test_batches_never_mix_buckets_and_show_each_image_once_per_epoch(home):
+    from negalora.train.cache import Sample
+
+    def sample(h, w):
+        return [Sample(torch.zeros(4, h, w), torch.zeros(6), "wrong")]
+
+    samples = [sample(16, 16)] * 5 + [sample(12, 20)] * 3
+    trainer = Trainer(home, None, None)
+    config = TrainConfig(batch=2, seed=4)
+    batches = trainer._epoch_batches(config, samples, 0, 0)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert all(len({tuple(samples[i][0].latents.shape) for i in b}) == 1 for b in batches)
+    assert trainer._epoch_batches(config, samples, 1, 0) != batches or len(batches) == 1
+
+
+def test_cancel_before_the_first_step_is_a_cancel_not_a_crash(home):
+    store = _seed_rejects(home, 4)
+    cancel = CancelToken()
+    cancel.cancel()
+    result = Trainer(home, store, _model(home), cancel=cancel).start(_config())
+    assert result.status == "cancelled" and store.run(result.run_id)["status"] == "cancelled"
+    store.close()
+
+
+def test_a_damaged_latent_cache_file_is_recomputed(home):
+    store = _seed_rejects(home, 4)
+    model = _model(home)
+    Trainer(home, store, model).start(_config(steps=1, checkpoint_every=1, validation_steps=0))
+    for f in (home.cache / "latents").rglob("*.safetensors"):
+        f.write_bytes(b"damaged")
+    again = Trainer(home, store, model).start(_config(steps=1, checkpoint_every=1, validation_steps=0))
+    assert again.status == "done"
+    store.close()

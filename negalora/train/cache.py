@@ -33,7 +33,8 @@ class LatentCache:
         return self.root / f"{bucket[0]}x{bucket[1]}" / f"{sha}{'-flip' if flip else ''}.safetensors"
 
     @torch.no_grad()
-    def get(self, vae, image, sha: str, bucket, flip: bool, caption: str) -> Sample:
+    def get(self, vae, load_image, sha: str, bucket, flip: bool, caption: str) -> Sample:
+        """The cached latents, or ``load_image()`` encoded and cached (also when the cache file is damaged)."""
         from negalora.train.buckets import prepare
 
         path = self.path(sha, bucket, flip)
@@ -43,7 +44,7 @@ class LatentCache:
                 return Sample(data["latents"], data["time_ids"], caption)
             except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
                 path.unlink(missing_ok=True)
-        prepared = prepare(image, bucket, flip=flip)
+        prepared = prepare(load_image(), bucket, flip=flip)
         pixels = prepared.pixels.unsqueeze(0).to(vae.device, vae.dtype)
         # The distribution's mean, not a sample: the cache stays deterministic.
         latents = vae.encode(pixels).latent_dist.mean[0].float().cpu() * vae.config.scaling_factor

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from negalora.cancel import CancelToken
-from negalora.errors import NegaloraError
+from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import sha256_file
 from negalora.home import Home
 from negalora.models.loader import LoadedModel
@@ -48,6 +48,18 @@ class RunResult:
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _accelerator(mixed: str, device: torch.device):
+    """accelerate keeps one state per process; a later run with another precision resets it (the
+    distributed part of the state, set by `accelerate launch`, is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed) != mixed:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
 
 
 def _mixed_precision(config: TrainConfig, device: torch.device) -> str:
@@ -86,6 +98,7 @@ class Trainer:
         self.model = model
         self.on_event = on_event or (lambda e: None)
         self.cancel = cancel or CancelToken()
+        self._batches: dict = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -168,13 +181,12 @@ class Trainer:
         samples: list[list[Sample]] = []
         for n, img in enumerate(images):
             self.cancel.raise_if_cancelled()
-            rgb = None
             variants = []
+            bucket = nearest_bucket(img.width, img.height, buckets)
             for flip in (False, True) if config.flip else (False,):
-                bucket = nearest_bucket(img.width, img.height, buckets)
-                if not latents.path(img.sha256, bucket, flip).exists() and rgb is None:
-                    rgb = load_rgb(img.path)
-                variants.append(latents.get(pipe.vae, rgb, img.sha256, bucket, flip, img.caption))
+                variants.append(
+                    latents.get(pipe.vae, lambda p=img.path: load_rgb(p), img.sha256, bucket, flip, img.caption)
+                )
             samples.append(variants)
             self.on_event({"type": "caching", "done": n + 1, "total": len(images)})
         from negalora.prompts import Conditioner
@@ -208,9 +220,9 @@ class Trainer:
                 atomic_write_bytes(path, _png(image))
             from negalora.train.dataset import load_rgb
 
-            rgb = load_rgb(path)
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
-            out.append([latents.get(self.model.pipe.vae, rgb, sha, (size, size), False, config.class_prompt)])
+            load = lambda p=path: load_rgb(p)  # noqa: E731
+            out.append([latents.get(self.model.pipe.vae, load, sha, (size, size), False, config.class_prompt)])
             self.on_event({"type": "class_images", "done": k + 1, "total": count})
         return out
 
@@ -232,22 +244,35 @@ class Trainer:
             height=size,
         ).images[0]
 
+    def _epoch_batches(self, config: TrainConfig, samples, epoch: int, stream: int) -> list[list[int]]:
+        """One epoch's batches: each image once, batches never mixing buckets, all order seeded by
+        (seed, epoch) so a resumed run sees the same batches."""
+        key = (id(samples), epoch, stream)
+        if key not in self._batches:
+            by_bucket: dict[tuple, list[int]] = {}
+            for i, variants in enumerate(samples):
+                by_bucket.setdefault(tuple(variants[0].latents.shape), []).append(i)
+            g = _seeded(config.seed, epoch, 7 + 100 * stream)
+            batches = []
+            for shape in sorted(by_bucket):
+                members = by_bucket[shape]
+                order = [members[int(j)] for j in torch.randperm(len(members), generator=g)]
+                batches += [order[k : k + config.batch] for k in range(0, len(order), config.batch)]
+            self._batches = {k: v for k, v in self._batches.items() if k[1] >= epoch - 1}  # keep it small
+            self._batches[key] = [batches[int(j)] for j in torch.randperm(len(batches), generator=g)]
+        return self._batches[key]
+
     def _batch(self, config: TrainConfig, samples, text, step: int, micro: int, world: int, rank: int, stream=0):
-        """The micro-batch for (step, micro): a seeded permutation per epoch, so resumes see the same data.
-        ``stream`` 1 draws the class images' batch from its own random stream."""
-        n = len(samples)
-        per = config.batch
-        first = ((step - 1) * config.grad_accum + micro) * per * world + rank * per
+        """The micro-batch for (step, micro). ``stream`` 1 is the class images' own random stream."""
+        per_epoch = len(self._epoch_batches(config, samples, 0, stream))
+        index = ((step - 1) * config.grad_accum + micro) * world + rank
+        epoch, pos = divmod(index, per_epoch)
+        members = self._epoch_batches(config, samples, epoch, stream)[pos]
         chosen = []
-        for i in range(first, first + per):
-            epoch, pos = divmod(i, n)
-            perm = torch.randperm(n, generator=_seeded(config.seed, epoch, 7 + 100 * stream))
-            variants = samples[int(perm[pos])]
-            flip = int(torch.randint(len(variants), (1,), generator=_seeded(config.seed, i, 11 + 100 * stream)))
-            chosen.append(variants[flip])
-        shapes = {tuple(s.latents.shape) for s in chosen}
-        if len(shapes) > 1:  # buckets differ: keep the first image's bucket for this batch
-            chosen = [s for s in chosen if tuple(s.latents.shape) == tuple(chosen[0].latents.shape)]
+        for j, i in enumerate(members):
+            variants = samples[i]
+            pick = int(torch.randint(len(variants), (1,), generator=_seeded(config.seed, index, j, 11 + 100 * stream)))
+            chosen.append(variants[pick])
         latents = torch.stack([s.latents for s in chosen])
         time_ids = torch.stack([s.time_ids for s in chosen])
         if config.train_text_encoder:  # the encoders are learning: their outputs are made in _loss
@@ -308,23 +333,27 @@ class Trainer:
         )
 
     def _run(self, run_id, config: TrainConfig, images, *, start_step: int, resume_from: dict | None = None):
-        from accelerate import Accelerator
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
 
         run_dir = self.home.runs / run_id
         pipe = self.model.pipe
-        device = self.model.placement.device
-        mixed = _mixed_precision(config, device)
-        accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
-        device = accelerator.device
+        mixed = _mixed_precision(config, self.model.placement.device)
         weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, torch.float32)
-        self._log(run_dir, f"{'resume at step ' + str(start_step) if start_step else 'start'} on {device} ({mixed})")
         status, message, last_loss = "failed", "", None
         unet = pipe.unet
         encoders = [getattr(pipe, n) for n in TEXT_ENCODERS] if config.train_text_encoder else []
         self._frozen = ("vae",) if encoders else ("vae", *TEXT_ENCODERS)
+        accelerator = None
         try:
+            if getattr(unet, "peft_config", None):
+                # A LoRA left from generation would poison the caches and join the optimizer.
+                pipe.unload_lora_weights()
+            accelerator = _accelerator(mixed, self.model.placement.device)
+            device = accelerator.device
+            self._log(
+                run_dir, f"{'resume at step ' + str(start_step) if start_step else 'start'} on {device} ({mixed})"
+            )
             samples, class_samples, text = self._prepare_samples(config, images)
             # What no longer changes leaves the GPU while the LoRA trains.
             _move(pipe, self._frozen, "cpu")
@@ -355,6 +384,9 @@ class Trainer:
                 for _ in range(start_step):
                     lr_schedule.step()  # replay the schedule to the resumed step
             unet, optimizer = accelerator.prepare(unet, optimizer)
+            # prepare() wraps the shared UNet's forward in autocast with fp32 outputs; the loss already runs
+            # under accelerator.autocast(), and the wrapper would break generation (bf16 VAE, fp32 latents).
+            accelerator.unwrap_model(unet, keep_fp32_wrapper=False)
             noise_scheduler = DDPMScheduler.from_config(self.model.scheduler_config)
             status, message, last_loss = self._loop(
                 run_id,
@@ -370,27 +402,32 @@ class Trainer:
                 weight_dtype,
                 params,
             )
+        except Cancelled:
+            status, message = "cancelled", "cancelled by the user before the first step"
         except NegaloraError as exc:
             status, message = "failed", str(exc)
             raise
         except torch.cuda.OutOfMemoryError:
-            status, message = (
-                "failed",
-                "out of GPU memory: lower the batch or resolution, or turn on gradient checkpointing",
-            )
+            status = "failed"
+            message = "out of GPU memory: lower the batch or resolution, or turn on gradient checkpointing"
             raise NegaloraError(message) from None
+        except Exception as exc:
+            status, message = "failed", f"{type(exc).__name__}: {exc}"
+            raise
         finally:
-            steps_done = max([c["step"] for c in self.store.checkpoints(run_id)] or [0])
-            self.store.update_run(run_id, status=status, message=message, steps_done=steps_done, final_loss=last_loss)
-            self._log(run_dir, f"{status} at step {steps_done} {message}".strip())
-            _remove_lora(accelerator.unwrap_model(unet))
-            unet.to(dtype=self.model.placement.dtype)
+            # The shared pipeline first, so a failing database write cannot leave it half-trained.
+            raw = accelerator.unwrap_model(unet, keep_fp32_wrapper=False) if accelerator else unet
+            _remove_lora(raw)
+            raw.to(dtype=self.model.placement.dtype)
             for encoder in encoders:
                 _remove_lora(encoder)
                 encoder.to(dtype=self.model.placement.dtype)
             _move(pipe, ("vae", *TEXT_ENCODERS), self.model.placement.device)
             if self.model.placement.vae_dtype != pipe.vae.dtype:
                 pipe.vae.to(dtype=self.model.placement.vae_dtype)
+            steps_done = max([c["step"] for c in self.store.checkpoints(run_id)] or [0])
+            self.store.update_run(run_id, status=status, message=message, steps_done=steps_done, final_loss=last_loss)
+            self._log(run_dir, f"{status} at step {steps_done} {message}".strip())
         result = RunResult(
             run_id, status, steps_done, last_loss, [c["path"] for c in self.store.checkpoints(run_id)], message
         )
@@ -438,18 +475,20 @@ class Trainer:
                     break
                 accelerator.backward(loss / config.grad_accum)
                 total += float(loss.detach()) / config.grad_accum
+            if finite:
+                norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+                # a finite loss with non-finite gradients (half precision) must not reach the weights either
+                finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 lr_schedule.step()
                 nan_run += 1
                 self.on_event({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
-                self._log(self.home.runs / run_id, f"step {step}: non-finite loss, skipped ({nan_run} in a row)")
+                self._log(self.home.runs / run_id, f"step {step}: non-finite loss or gradients, skipped")
                 if nan_run >= config.max_nan_steps:
                     return "stopped_nan", f"{nan_run} non-finite losses in a row at step {step}", last_loss
                 continue
             nan_run = 0
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             lr = lr_schedule.get_last_lr()[0]
             lr_schedule.step()

@@ -94,6 +94,7 @@ class WorkerServer:
             generator = self._generator_for(msg.get("model") or "demo")
             store = self._store_handle()
             if msg.get("kind") == "train":
+                generator.release_lora()  # train on the base model, not on the last LoRA used to generate
                 self._train(msg, generator.model, store, token)
                 return
             requests = [request_from_dict(r) for r in msg["requests"]]
