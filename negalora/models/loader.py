@@ -136,27 +136,12 @@ def load_model(
         loaded = LoadedModel(pipe, DEMO_NAME, "demo", DEMO_NAME, _folder_hash(folder, hashes), DEMO_SIZE, placement)
     else:
         path = Path(spec).expanduser()
-        if path.is_dir():
-            _check_folder(path, "StableDiffusionXLPipeline")
-            sha = _folder_hash(path, hashes)
-            with _loading(path):
-                pipe = StableDiffusionXLPipeline.from_pretrained(
-                    str(path), use_safetensors=True, local_files_only=True, **common
-                )
-            loaded = LoadedModel(pipe, path.name, "folder", str(path.resolve()), sha, _native_size(pipe), placement)
-        elif path.is_file():
-            ck.require_kind(path, ck.SDXL_BASE)
-            sha = hashes.get(path)
-            with _loading(path):
-                pipe = StableDiffusionXLPipeline.from_single_file(
-                    str(path),
-                    config=str(SDXL_BASE_CONFIG),
-                    tokenizer=clip_tokenizer(PAD_CLIP_L),
-                    tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
-                    local_files_only=True,
-                    **common,
-                )
-            loaded = LoadedModel(pipe, path.stem, "file", str(path.resolve()), sha, SDXL_SIZE, placement)
+        if path.is_dir() or path.is_file():
+            pipe, sha = _load_local(StableDiffusionXLPipeline, path, ck.SDXL_BASE, SDXL_BASE_CONFIG, hashes, common)
+            native = _native_size(pipe) if path.is_dir() else SDXL_SIZE
+            source = "folder" if path.is_dir() else "file"
+            name = path.name if path.is_dir() else path.stem
+            loaded = LoadedModel(pipe, name, source, str(path.resolve()), sha, native, placement)
         elif _looks_like_path(spec):
             raise NegaloraError(f"{spec}: no such model file or folder")
         else:
@@ -175,6 +160,24 @@ def load_model(
     if refiner:
         _attach_refiner(loaded, refiner, hashes)
     return loaded
+
+
+def _load_local(cls, path: Path, kind: str, config_dir: Path, hashes: HashCache, kwargs: dict):
+    """A pipeline from a diffusers folder, or from a single file with the shipped configs, offline;
+    returns it with the model's identity hash."""
+    if path.is_dir():
+        _check_folder(path, cls.__name__)
+        sha = _folder_hash(path, hashes)
+        with _loading(path):
+            return cls.from_pretrained(str(path), use_safetensors=True, local_files_only=True, **kwargs), sha
+    ck.require_kind(path, kind)
+    sha = hashes.get(path)
+    tokenizers = {"tokenizer_2": clip_tokenizer(PAD_OPENCLIP)}
+    if kind == ck.SDXL_BASE:
+        tokenizers["tokenizer"] = clip_tokenizer(PAD_CLIP_L)
+    with _loading(path):
+        pipe = cls.from_single_file(str(path), config=str(config_dir), local_files_only=True, **tokenizers, **kwargs)
+    return pipe, sha
 
 
 def _native_size(pipe) -> int:
@@ -196,26 +199,9 @@ def _attach_refiner(loaded: LoadedModel, spec: str, hashes: HashCache) -> None:
     """Load an SDXL refiner that shares the base's VAE (already placed in its safe dtype)."""
     shared = {"vae": loaded.pipe.vae, "dtype": loaded.placement.dtype}
     path = Path(spec).expanduser()
-    if path.is_dir():
-        _check_folder(path, "StableDiffusionXLImg2ImgPipeline")
-        sha = _folder_hash(path, hashes)
-        with _loading(path):
-            ref = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-                str(path), use_safetensors=True, local_files_only=True, **shared
-            )
-    elif path.is_file():
-        ck.require_kind(path, ck.SDXL_REFINER)
-        sha = hashes.get(path)
-        with _loading(path):
-            ref = StableDiffusionXLImg2ImgPipeline.from_single_file(
-                str(path),
-                config=str(SDXL_REFINER_CONFIG),
-                tokenizer_2=clip_tokenizer(PAD_OPENCLIP),
-                local_files_only=True,
-                **shared,
-            )
-    else:
+    if not (path.is_dir() or path.is_file()):
         raise NegaloraError(f"{spec}: no such refiner file or folder")
+    ref, sha = _load_local(StableDiffusionXLImg2ImgPipeline, path, ck.SDXL_REFINER, SDXL_REFINER_CONFIG, hashes, shared)
     ref.to(loaded.placement.device)
     ref.vae = loaded.pipe.vae  # keep the VAE's safe dtype
     ref.set_progress_bar_config(disable=True)
