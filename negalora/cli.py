@@ -27,7 +27,12 @@ PAGE_NAMES = ("generate", "gallery", "train", "compare", "export")
 def _add_gui_options(p: argparse.ArgumentParser, top_level: bool) -> None:
     # At the top level the dest names differ from the subcommands' so argparse keeps both.
     prefix = "gui_" if top_level else ""
-    p.add_argument("--home", dest=f"{prefix}home", metavar="DIR", help="data directory for the app")
+    p.add_argument(
+        "--home",
+        dest=f"{prefix}home",
+        metavar="DIR",
+        help="data directory (default: $NEGALORA_HOME or the user-data folder)",
+    )
     p.add_argument("--model", dest=f"{prefix}model", metavar="M", help="model to open the app with")
     p.add_argument("--device", dest=f"{prefix}device", metavar="D", help="cpu, cuda or mps")
     p.add_argument(
