@@ -577,7 +577,7 @@ def cmd_regenerate(args) -> int:
             refiner=recipe.refiner_location or None,
         )
         hashes = HashCache(home.cache / "hashes.json")
-        image = regenerate(Generator(model, hashes), recipe, hashes)
+        image = regenerate(Generator(model, hashes), recipe)
         stored = store.add_generated(
             recipe, store.ensure_model(model.name, model.source, model.location, model.sha256), png_bytes(image, recipe)
         )

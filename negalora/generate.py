@@ -167,7 +167,7 @@ class Generator:
             return {}
         path = Path(request.lora).expanduser()
         check_lora_file(path)
-        sha = (self.hashes.get if self.hashes else _plain_hash)(path, skip_safetensors_header=True)
+        sha = self._lora_hash(path)
         return {
             "lora": path.stem,
             "lora_path": str(path.resolve()),
@@ -176,6 +176,14 @@ class Generator:
         }
 
     # -- rendering ------------------------------------------------------------------------
+
+    def _lora_hash(self, path: Path) -> str:
+        """A LoRA's hash as A1111 computes it (the tensor data after the header), cached when possible."""
+        from negalora.hashing import sha256_file
+
+        if self.hashes is not None:
+            return self.hashes.get(path, skip_safetensors_header=True)
+        return sha256_file(path, skip_safetensors_header=True)
 
     def _scheduler(self, name: str):
         if name not in self._schedulers:
@@ -294,12 +302,6 @@ class Generator:
             yield recipe, image
 
 
-def _plain_hash(path: Path, *, skip_safetensors_header: bool = False) -> str:
-    from negalora.hashing import sha256_file
-
-    return sha256_file(path, skip_safetensors_header=skip_safetensors_header)
-
-
 def generate_to_store(
     generator: Generator,
     store: Store,
@@ -324,7 +326,7 @@ def generate_to_store(
     return done
 
 
-def regenerate(generator: Generator, recipe: Recipe, hashes: HashCache | None = None) -> Image.Image:
+def regenerate(generator: Generator, recipe: Recipe) -> Image.Image:
     """Render a stored recipe again, exactly: same model, VAE, LoRA file, seed and settings."""
     model = generator.model
     if recipe.model_hash != model.sha256:
@@ -338,7 +340,6 @@ def regenerate(generator: Generator, recipe: Recipe, hashes: HashCache | None = 
         path = Path(recipe.lora_path)
         if not path.is_file():
             raise NegaloraError(f"{path}: the recipe's LoRA file is gone")
-        now = (hashes.get if hashes else _plain_hash)(path, skip_safetensors_header=True)
-        if now != recipe.lora_hash:
+        if generator._lora_hash(path) != recipe.lora_hash:
             raise NegaloraError(f"{path}: the LoRA file changed since the image was made")
     return generator.render(recipe)

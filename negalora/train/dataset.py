@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from negalora.errors import NegaloraError
+from negalora.importing import IMAGE_SUFFIXES
 
 # Well above an 8K frame (7680x4320 = 33 MP) and a 50 MP camera, far below a bomb: a 64 MP RGB image
 # decodes to 192 MB, while a crafted 40000x40000 PNG of a few KB would ask for 4.8 GB.
 MAX_PIXELS = 64_000_000
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
 # PIL plugin names tried when opening; anything else is refused even when renamed to .png, so no
 # other parser (EPS through Ghostscript, for one) ever sees the file.

@@ -621,16 +621,3 @@ def _with_validation_prompts(config: TrainConfig, model: LoadedModel) -> TrainCo
 
     prompts = DEMO_VALIDATION_PROMPTS if model.source == "demo" else DEFAULT_VALIDATION_PROMPTS
     return replace(config, validation_prompts=prompts)
-
-
-def checkpoint_for(store: Store, run_id: str, step: int | None = None) -> dict:
-    """A run's checkpoint at ``step`` (default: the last one kept)."""
-    kept = store.checkpoints(run_id)
-    if not kept:
-        raise NegaloraError(f"run {run_id}: has no checkpoints yet")
-    if step is None:
-        return kept[-1]
-    for c in kept:
-        if c["step"] == step:
-            return c
-    raise NegaloraError(f"run {run_id}: no checkpoint at step {step} (kept: {', '.join(str(c['step']) for c in kept)})")
