@@ -12,6 +12,7 @@ from pathlib import Path
 
 from negalora import __version__
 from negalora.errors import NegaloraError
+from negalora.lora_passes import BOTH, LORA_PASSES
 
 DEFAULT_MODEL = "demo"
 
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--lora", metavar="FILE", help="a LoRA .safetensors file (kohya or diffusers format)")
     g.add_argument("--lora-scale", type=float, default=1.0, metavar="X", help="LoRA strength (default 1)")
+    g.add_argument(
+        "--lora-passes",
+        choices=LORA_PASSES,
+        default=BOTH,
+        help="guidance passes the LoRA acts on: both (as A1111/ComfyUI) or negative (the unconditional pass only)",
+    )
     g.add_argument("--device", metavar="D", help="cpu, cuda or mps (default: the best available)")
     _add_common(g)
 
@@ -170,6 +177,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", metavar="D")
     _add_common(t)
 
+    c = sub.add_parser(
+        "compare",
+        help="fixed-seed comparison grid: base, negative token, LoRA + negative token (or sweeps)",
+        description="Render every prompt x seed in columns that differ only in the negative token and the LoRA. "
+        "Three-way by default (base | negative | LoRA + negative | LoRA on the other passes); --scales makes a "
+        "LoRA-strength sweep, --checkpoints a sweep over a run's checkpoints. Every cell is stored as an image.",
+    )
+    c.add_argument("prompt", nargs="*", help="test prompts (or --prompt-set)")
+    c.add_argument("--lora", required=True, metavar="FILE_OR_RUN", help="a LoRA .safetensors file or a training run id")
+    c.add_argument("--step", type=int, metavar="N", help="with a run: its checkpoint (default: marked best, else last)")
+    c.add_argument("--seed", type=int, default=1, metavar="S", help="first seed (default 1)")
+    c.add_argument("--count", type=_positive_int, default=2, metavar="K", help="seeds per prompt: S..S+K-1 (default 2)")
+    c.add_argument("--prompt-set", metavar="NAME", help="a stored test-prompt set (its prompts and seeds)")
+    c.add_argument("--scale", type=float, default=1.0, metavar="X", help="LoRA strength (default 1)")
+    c.add_argument("--scales", metavar="LIST", help="sweep LoRA strength, e.g. 0,0.25,0.5,0.75,1,1.25,1.5")
+    c.add_argument(
+        "--checkpoints", nargs="?", const="all", metavar="LIST", help="sweep the run's checkpoints (all, or 250,500)"
+    )
+    c.add_argument("--lora-passes", choices=LORA_PASSES, default=BOTH, help="how the LoRA columns apply it")
+    c.add_argument("--no-extra-column", action="store_true", help="three columns only (no other-passes column)")
+    c.add_argument("--token", default="wrong", metavar="T", help="the negative token (default wrong)")
+    c.add_argument("--negative", default="", metavar="N", help="your own negative prompt, kept in every column")
+    c.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
+    c.add_argument("--guidance", type=float, default=7.0, metavar="G", help="CFG scale (default 7)")
+    c.add_argument("--size", metavar="WxH", help="image size (default: the model's native size)")
+    c.add_argument("--scheduler", default=DEFAULT_SCHEDULER, metavar="NAME", help="sampler")
+    c.add_argument("--out", type=Path, metavar="FILE", help="also write the grid PNG here")
+    c.add_argument("--model", metavar="M")
+    c.add_argument("--device", metavar="D")
+    _add_common(c)
+
+    mb = sub.add_parser("mark-best", help="mark a run's best checkpoint (the default for compare and export)")
+    mb.add_argument("run_id", metavar="RUN_ID")
+    mb.add_argument("step", type=int, metavar="STEP")
+    _add_common(mb)
+
     r = sub.add_parser("rate", help="reject, pick or clear images")
     r.add_argument("image_id", nargs="+", type=int, metavar="IMAGE_ID")
     r.add_argument("verdict", choices=["reject", "pick", "clear"])
@@ -187,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--reason", action="append", default=[], metavar="R", help="reason tag for --reject (repeatable)")
     _add_common(i)
 
-    lst = sub.add_parser("list", help="list images, runs or models")
-    lst.add_argument("what", choices=["images", "runs", "models"])
+    lst = sub.add_parser("list", help="list images, runs, models, comparisons or blind-vote results")
+    lst.add_argument("what", choices=["images", "runs", "models", "comparisons", "votes"])
     lst.add_argument("--rating", choices=["reject", "pick", "unrated"], help="only images with this rating")
     lst.add_argument("--search", metavar="TEXT", help="only images whose prompt contains TEXT")
     lst.add_argument("--limit", type=_positive_int, metavar="N")
@@ -198,6 +241,34 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("image_id", type=int, metavar="IMAGE_ID")
     rg.add_argument("--device", metavar="D", help="cpu, cuda or mps")
     _add_common(rg)
+
+    ex = sub.add_parser(
+        "export",
+        help="export a run's LoRA for A1111, ComfyUI (kohya) or diffusers, verified by reloading it",
+        description="Write a checkpoint of a training run as a LoRA file with header metadata and a model card "
+        "beside it. Before the file is put in place it is reloaded with diffusers into the run's base model "
+        "and must render the same image as the app does with the checkpoint (within 2/255).",
+    )
+    ex.add_argument("run_id", metavar="RUN_ID")
+    ex.add_argument("--step", type=int, metavar="N", help="checkpoint step (default: the best step, else the last)")
+    ex.add_argument("--format", required=True, choices=["kohya", "diffusers"], help="kohya: A1111 and ComfyUI")
+    ex.add_argument(
+        "--out",
+        metavar="FILE",
+        help="a .safetensors file or a folder (default: <home>/exports/NAME.safetensors; diffusers: "
+        "<home>/exports/NAME/pytorch_lora_weights.safetensors)",
+    )
+    ex.add_argument(
+        "--name", metavar="NAME", help="title and output name (default: the --out file's, else <token>-<run>-step<N>)"
+    )
+    ex.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the reload-and-render check (it needs the run's base model); the file is still read back",
+    )
+    ex.add_argument("--model", metavar="M", help="the run's base model, if it moved (must be the same model)")
+    ex.add_argument("--device", metavar="D", help="cpu, cuda or mps")
+    _add_common(ex)
     return parser
 
 
@@ -246,6 +317,7 @@ def cmd_generate(args) -> int:
         scheduler=args.scheduler,
         lora=args.lora,
         lora_scale=args.lora_scale,
+        lora_passes=args.lora_passes,
         refiner_switch=args.refiner_switch,
     )
     check_request(request)  # before anything is loaded or written
@@ -467,10 +539,103 @@ def cmd_train(args) -> int:
         + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else "")
     ]
     lines += [f"  {c}" for c in result.checkpoints]
-    _emit(args, payload, lines)
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch` the main process reports
+        _emit(args, payload, lines)
     if result.status == "stopped_nan":
         print(f"negalora: error: {result.message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _float_list(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise NegaloraError(f"{what} {text!r}: expected numbers separated by commas") from None
+
+
+def cmd_compare(args) -> int:
+    from negalora.compare.runner import CHECKPOINT_SWEEP, SCALE_SWEEP, THREE_WAY, CompareRequest, run_comparison
+    from negalora.generate import Generator
+    from negalora.store import Store
+
+    if args.scales and args.checkpoints:
+        raise NegaloraError("--scales and --checkpoints: choose one sweep")
+    if not args.prompt and not args.prompt_set:
+        raise NegaloraError("give test prompts or --prompt-set NAME")
+    width, height = _parse_size(args.size)
+    kind, steps_list = THREE_WAY, ()
+    if args.scales:
+        kind = SCALE_SWEEP
+    elif args.checkpoints:
+        kind = CHECKPOINT_SWEEP
+        if args.checkpoints != "all":
+            steps_list = tuple(int(x) for x in _float_list(args.checkpoints, "--checkpoints"))
+    request = CompareRequest(
+        prompts=tuple(args.prompt),
+        seeds=tuple(args.seed + k for k in range(args.count)),
+        kind=kind,
+        lora=args.lora,
+        step=args.step,
+        checkpoint_steps=steps_list,
+        scale=args.scale,
+        scales=_float_list(args.scales, "--scales") if args.scales else CompareRequest.scales,
+        token=args.token,
+        base_negative=args.negative,
+        lora_passes=args.lora_passes,
+        extra_column=not args.no_extra_column,
+        steps=args.steps,
+        guidance=args.guidance,
+        width=width,
+        height=height,
+        scheduler=args.scheduler,
+        prompt_set=args.prompt_set,
+    )
+    home, model, generator = _load_for_generation(args, Generator)
+    store = Store(home)
+    try:
+        result = run_comparison(generator, store, request)
+        comparison = store.comparison(result.id)
+    finally:
+        store.close()
+    if args.out:
+        from negalora.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.out, result.grid_path.read_bytes())
+    payload = {
+        "comparison": result.id,
+        "kind": kind,
+        "run": comparison["run_id"],
+        "step": comparison["step"],
+        "lora": comparison["lora_path"],
+        "grid": str(result.grid_path),
+        "out": str(args.out) if args.out else None,
+        "columns": [c.to_dict() for c in result.columns],
+        "cells": [
+            {k: cell[k] for k in ("row", "col", "image_id", "path", "prompt", "seed")}
+            | {"column": result.columns[cell["col"]].key}
+            for cell in comparison["cells"]
+        ],
+    }
+    lines = [f"comparison {result.id}: {len(result.rows)} rows x {len(result.columns)} columns"]
+    lines += [f"  grid {args.out or result.grid_path}"]
+    lines += [f"  {c.label}" for c in result.columns]
+    _emit(args, payload, lines)
+    return 0
+
+
+def cmd_mark_best(args) -> int:
+    from negalora.home import resolve_home
+    from negalora.store import Store
+
+    store = Store(resolve_home(args.home))
+    try:
+        store.set_best_step(args.run_id, args.step)
+    finally:
+        store.close()
+    _emit(
+        args, {"run": args.run_id, "best_step": args.step}, [f"run {args.run_id}: best checkpoint is step {args.step}"]
+    )
     return 0
 
 
@@ -535,6 +700,19 @@ def cmd_list(args) -> int:
                 f"{(r['prompt'] or r['original_name'])[:60]}"
                 for r in rows
             ]
+        elif args.what == "comparisons":
+            rows = store.comparisons()
+            lines = [
+                f"#{r['id']:<5} {r['kind']:16} {r['status']:9} run {r['run_id'] or '-'} step {r['step'] or '-'}  "
+                f"{r['grid_path'] or '-'}"
+                for r in rows
+            ]
+        elif args.what == "votes":
+            from negalora.compare.votes import win_rates
+
+            rates = win_rates(store.votes())
+            rows = [w.to_dict() for w in rates]
+            lines = [w.describe() for w in rates]
         elif args.what == "models":
             rows = store.models()
             lines = [f"#{r['id']:<4} {r['name']:24} {r['source']:7} {r['hash'][:10]}  {r['location']}" for r in rows]
@@ -595,15 +773,76 @@ def cmd_regenerate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from negalora.export import ExportRequest, plan_export, run_export
+    from negalora.home import resolve_home
+    from negalora.store import Store
+
+    home = resolve_home(args.home)
+    store = Store(home)
+    try:
+        request = ExportRequest(
+            run_id=args.run_id,
+            fmt=args.format,
+            step=args.step,
+            name=args.name,
+            out=args.out,
+            verify=not args.no_verify,
+        )
+        plan = plan_export(store, request)  # every input check before a model is loaded
+        generator = None
+        if request.verify:
+            from negalora.device import choose_placement
+            from negalora.generate import Generator
+            from negalora.hashing import HashCache
+            from negalora.models.loader import load_model
+
+            model = load_model(args.model or plan.source.base_location, home, choose_placement(args.device))
+            generator = Generator(model, HashCache(home.cache / "hashes.json"))
+        result = run_export(store, plan, generator)
+    finally:
+        store.close()
+    v = result.verification
+    check = (
+        f"verified: {v['modules_loaded']}/{v['modules_in_file']} modules, max pixel difference "
+        f"{v['max_pixel_diff']}/255"
+        if v.get("verified")
+        else "not verified (--no-verify)"
+    )
+    _emit(
+        args,
+        {
+            "run": result.run_id,
+            "step": result.step,
+            "format": result.fmt,
+            "path": result.path,
+            "sha256": result.sha256,
+            "bytes": result.bytes,
+            "model_card": result.model_card,
+            "grid": result.grid,
+            "export_id": result.export_id,
+            "metadata": result.metadata,
+            "hashes": result.hashes,
+            "verification": v,
+            "seconds": result.seconds,
+        },
+        [f"{result.path}  ({result.fmt}, step {result.step}; {check})", f"  model card {result.model_card}"],
+    )
+    return 0
+
+
 COMMANDS = {
     "gui": cmd_gui,
     "generate": cmd_generate,
     "make-wrong": cmd_make_wrong,
     "train": cmd_train,
+    "compare": cmd_compare,
+    "mark-best": cmd_mark_best,
     "rate": cmd_rate,
     "import": cmd_import,
     "list": cmd_list,
     "regenerate": cmd_regenerate,
+    "export": cmd_export,
 }
 
 

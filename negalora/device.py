@@ -47,6 +47,9 @@ def choose_placement(prefer: str | None = None, *, fp16_fix_vae: bool = False) -
         device = torch.device(prefer)
     else:
         device = torch.device("cuda" if _available("cuda") else "mps" if _available("mps") else "cpu")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        # `accelerate launch` / torchrun: each process trains on its own GPU
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
 
     if device.type == "cpu":
         return Placement(device, torch.float32, torch.float32)

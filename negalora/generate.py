@@ -7,6 +7,7 @@ a cancelled image is thrown away (the pipeline is stopped before it decodes anyt
 
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,11 @@ from PIL import Image
 from negalora.cancel import CancelToken
 from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import HashCache
+from negalora.lora_passes import BOTH, NEGATIVE, check_lora_passes, lora_on_negative_pass
 from negalora.models import checkpoint_kind as ck
 from negalora.models.loader import LoadedModel
 from negalora.pngmeta import png_bytes
-from negalora.prompts import Conditioner, RefinerConditioner, check_prompt
+from negalora.prompts import Conditioner, Conditioning, RefinerConditioner, check_prompt
 from negalora.recipe import Recipe
 from negalora.schedulers import DEFAULT_SCHEDULER, canonical_name, make_scheduler
 from negalora.store import Store
@@ -44,6 +46,7 @@ class GenerateRequest:
     scheduler: str = DEFAULT_SCHEDULER
     lora: str | None = None
     lora_scale: float = 1.0
+    lora_passes: str = BOTH  # both | negative: the guidance passes the LoRA acts on
     use_refiner: bool = True  # when the model has one
     refiner_switch: float = 0.8
 
@@ -73,6 +76,7 @@ def check_request(request: GenerateRequest) -> None:
     for p in (*request.prompts, request.negative):
         check_prompt(p)
     canonical_name(request.scheduler)
+    check_lora_passes(request.lora_passes)
     if request.lora:
         check_lora_file(Path(request.lora).expanduser())
 
@@ -173,6 +177,7 @@ class Generator:
             "lora_path": str(path.resolve()),
             "lora_hash": sha,
             "lora_scale": float(request.lora_scale),
+            "lora_passes": request.lora_passes,
         }
 
     # -- rendering ------------------------------------------------------------------------
@@ -214,6 +219,40 @@ class Generator:
             self._lora = _LoraState(recipe.lora_path, recipe.lora_hash)
         pipe.set_adapters([LORA_ADAPTER], adapter_weights=[recipe.lora_scale])
 
+    def _split_conditioning(self, recipe: Recipe) -> Conditioning:
+        """The positive prompt encoded without the LoRA, the negative with it (when it adapts the text
+        encoders; otherwise one encoding serves both)."""
+        from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder
+
+        pipe = self.model.pipe
+        encoders = [te for te in (pipe.text_encoder, pipe.text_encoder_2) if getattr(te, "peft_config", None)]
+        on = self._conditioner.encode(recipe.prompt, recipe.negative)
+        if not encoders:
+            return on
+        for te in encoders:
+            disable_lora_for_text_encoder(te)
+        try:
+            off = self._conditioner.encode(recipe.prompt, recipe.negative, variant="lora-off")
+        finally:
+            for te in encoders:
+                enable_lora_for_text_encoder(te)
+        return Conditioning(off.embeds, off.pooled, on.negative_embeds, on.negative_pooled)
+
+    @contextmanager
+    def _unet_passes(self, negative_only: bool, guidance: float):
+        unet = self.model.pipe.unet
+        if not negative_only:
+            yield
+        elif guidance > 1:  # the pipeline batches [negative; positive]
+            with lora_on_negative_pass(unet):
+                yield
+        else:  # no negative pass at all: the LoRA stays off
+            unet.disable_lora()
+            try:
+                yield
+            finally:
+                unet.enable_lora()
+
     def release_lora(self) -> None:
         """Take any LoRA off the shared pipeline (before training on it)."""
         if self._lora.sha256:
@@ -235,7 +274,12 @@ class Generator:
         pipe = self.model.pipe
         pipe.scheduler = self._scheduler(recipe.scheduler)
         self._apply_lora(recipe)
-        cond = self._conditioner.encode(recipe.prompt, recipe.negative)
+        negative_only = bool(recipe.lora_path) and recipe.lora_passes == NEGATIVE
+        cond = (
+            self._split_conditioning(recipe)
+            if negative_only
+            else self._conditioner.encode(recipe.prompt, recipe.negative)
+        )
         done = 0
 
         def step_end(_pipe, _i, _t, kwargs):
@@ -249,17 +293,18 @@ class Generator:
 
         use_refiner = bool(recipe.refiner) and self.model.refiner is not None
         generator = torch.Generator("cpu").manual_seed(recipe.seed)
-        out = pipe(
-            **cond.pipeline_kwargs(),
-            num_inference_steps=recipe.steps,
-            guidance_scale=recipe.guidance,
-            width=recipe.width,
-            height=recipe.height,
-            generator=generator,
-            callback_on_step_end=step_end,
-            denoising_end=recipe.refiner_switch if use_refiner else None,
-            output_type="latent" if use_refiner else "np",
-        ).images
+        with self._unet_passes(negative_only, recipe.guidance):
+            out = pipe(
+                **cond.pipeline_kwargs(),
+                num_inference_steps=recipe.steps,
+                guidance_scale=recipe.guidance,
+                width=recipe.width,
+                height=recipe.height,
+                generator=generator,
+                callback_on_step_end=step_end,
+                denoising_end=recipe.refiner_switch if use_refiner else None,
+                output_type="latent" if use_refiner else "np",
+            ).images
         if use_refiner:
             refiner = self.model.refiner
             refiner.scheduler = make_scheduler(recipe.scheduler, dict(refiner.scheduler.config))

@@ -35,6 +35,10 @@ class Home:
         return self.root / "exports"
 
     @property
+    def comparisons(self) -> Path:
+        return self.root / "comparisons"
+
+    @property
     def backups(self) -> Path:
         return self.root / "backups"
 

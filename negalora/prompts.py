@@ -102,7 +102,7 @@ class Conditioner:
     def __init__(self, pipe, cache_size: int = 32):
         self._pipe = pipe
         self._compel = CompelForSDXL(pipe, device=pipe.device)
-        self._cache: dict[tuple[str, str], Conditioning] = {}
+        self._cache: dict[tuple[str, str, str], Conditioning] = {}
         self._cache_size = cache_size
 
     def clear(self) -> None:
@@ -110,8 +110,9 @@ class Conditioner:
         self._cache.clear()
 
     @torch.no_grad()
-    def encode(self, prompt: str, negative: str = "") -> Conditioning:
-        key = (prompt, negative)
+    def encode(self, prompt: str, negative: str = "", variant: str = "") -> Conditioning:
+        """``variant`` names a state of the text encoders (a LoRA switched off) that the cache must tell apart."""
+        key = (prompt, negative, variant)
         if key in self._cache:
             return self._cache[key]
         check_prompt(prompt)

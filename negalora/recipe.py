@@ -25,6 +25,7 @@ class Recipe:
     lora_path: str = ""
     lora_hash: str = ""  # sha256 of the tensor data (A1111's LoRA hash), full hex
     lora_scale: float = 1.0
+    lora_passes: str = "both"  # the guidance passes the LoRA acts on: both | negative (negalora.lora_passes)
     refiner: str = ""
     refiner_hash: str = ""
     refiner_location: str = ""

@@ -281,6 +281,30 @@ def test_resume_state_round_trips_without_pickle(tmp_path):
     assert b"pickle" not in (tmp_path / "s.safetensors").read_bytes()[:64]
 
 
+def test_an_fp16_loss_scale_is_kept_in_the_resume_state(tmp_path):
+    from negalora.train.resume_state import load_resume_state, save_resume_state
+
+    p = torch.nn.Parameter(torch.randn(2))
+    opt = torch.optim.AdamW([p])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    scaler._lazy_init_scale_growth_tracker(torch.device("cpu"))
+    scaler.update(new_scale=1234.0)
+    save_resume_state(tmp_path / "s.safetensors", step=1, optimizer=opt, scaler=scaler.state_dict())
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(load_resume_state(tmp_path / "s.safetensors", torch.optim.AdamW([p]))["scaler"])
+    assert restored.get_scale() == 1234.0
+
+
+def test_captions_longer_than_75_tokens_train_beside_short_ones(home):
+    store = _seed_rejects(home, 4)
+    long_reasons = [f"defect{i}" for i in range(60)]  # "wrong, defect0, …": well over 77 tokens
+    store.rate([1], "reject", long_reasons)
+    store.close()
+    model = _model(home)
+    result = Trainer(home, Store(home), model).start(_config(steps=4, batch=4, captions_with_reasons=True))
+    assert result.status == "done" and result.steps_done == 4
+
+
 def test_prior_preservation_trains_beside_class_images_from_the_base_model(home):
     store = _seed_rejects(home, 4)
     model = _model(home)

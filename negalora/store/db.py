@@ -14,6 +14,7 @@ from sqlite_utils import Database
 from negalora.errors import NegaloraError
 from negalora.home import Home
 from negalora.recipe import Recipe
+from negalora.store.evaluation import EvaluationTables
 from negalora.store.files import store_bytes
 from negalora.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
@@ -32,7 +33,7 @@ class StoredImage:
     duplicate: bool  # the same pixels were already in the store
 
 
-class Store:
+class Store(EvaluationTables):
     def __init__(self, home: Home):
         self.home = home
         home.create()

@@ -92,6 +92,66 @@ CREATE TABLE checkpoints (
 );
 """
 
+V3 = """
+ALTER TABLE runs ADD COLUMN best_step INTEGER;  -- the checkpoint the artist marked best in a sweep
+CREATE TABLE prompt_sets (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    prompts TEXT NOT NULL,             -- JSON list of prompts
+    seeds TEXT NOT NULL,               -- JSON list of seeds
+    settings TEXT NOT NULL DEFAULT '{}', -- JSON: steps, guidance, negative token, size
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE TABLE comparisons (
+    id INTEGER PRIMARY KEY,
+    created TEXT NOT NULL,
+    kind TEXT NOT NULL,                -- three_way | scale_sweep | checkpoint_sweep
+    run_id TEXT REFERENCES runs(id),   -- NULL when the LoRA is a file from outside
+    step INTEGER,
+    lora_path TEXT NOT NULL DEFAULT '',
+    lora_hash TEXT NOT NULL DEFAULT '',
+    prompt_set_id INTEGER REFERENCES prompt_sets(id),
+    columns TEXT NOT NULL,             -- JSON list of {key, label, ...}
+    config TEXT NOT NULL,              -- JSON: the comparison request
+    grid_path TEXT NOT NULL DEFAULT '', -- relative to the home directory
+    status TEXT NOT NULL               -- running | done | cancelled
+);
+CREATE TABLE comparison_cells (
+    comparison_id INTEGER NOT NULL REFERENCES comparisons(id),
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    PRIMARY KEY (comparison_id, row, col)
+);
+CREATE INDEX comparison_cells_image ON comparison_cells(image_id);
+CREATE TABLE votes (
+    id INTEGER PRIMARY KEY,
+    created TEXT NOT NULL,
+    comparison_id INTEGER REFERENCES comparisons(id),
+    run_id TEXT,
+    step INTEGER,                      -- the checkpoint of contender a
+    a_label TEXT NOT NULL,             -- the contender, e.g. "LoRA + negative"
+    a_image_id INTEGER NOT NULL REFERENCES images(id),
+    b_label TEXT NOT NULL,             -- the baseline, e.g. "negative only" or another checkpoint
+    b_image_id INTEGER NOT NULL REFERENCES images(id),
+    a_on_left INTEGER NOT NULL,        -- the random order that was shown
+    choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie')),
+    outcome TEXT NOT NULL CHECK (outcome IN ('a', 'b', 'tie'))
+);
+CREATE INDEX votes_run ON votes(run_id, step);
+CREATE TABLE exports (
+    id INTEGER PRIMARY KEY,
+    created TEXT NOT NULL,
+    run_id TEXT REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    format TEXT NOT NULL,              -- kohya | diffusers
+    path TEXT NOT NULL,                -- absolute: exports may go anywhere
+    sha256 TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}' -- JSON: the header metadata written
+);
+"""
+
 # Index i holds the SQL that takes the schema from version i to i + 1.
-MIGRATIONS: list[str] = [V1, V2]
+MIGRATIONS: list[str] = [V1, V2, V3]
 SCHEMA_VERSION = len(MIGRATIONS)

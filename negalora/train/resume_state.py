@@ -25,10 +25,12 @@ def save_resume_state(
     step: int,
     optimizer: torch.optim.Optimizer,
     lora: dict[str, dict[str, torch.Tensor]] | None = None,
+    scaler: dict | None = None,
     extra: dict | None = None,
 ) -> None:
     """``lora`` maps a part ("unet", "text_encoder", "text_encoder_2") to its peft-style LoRA tensors,
-    kept exactly as trained so a resume needs no format conversion."""
+    kept exactly as trained so a resume needs no format conversion. ``scaler`` is an fp16 GradScaler's
+    state (plain numbers: the loss scale and its growth tracker)."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for part, values in (lora or {}).items():
@@ -46,6 +48,7 @@ def save_resume_state(
         "step": step,
         "param_groups": state["param_groups"],
         "scalars": scalars,
+        "scaler": scaler,
         "extra": extra or {},
     }
     path = Path(path)
@@ -64,7 +67,7 @@ def save_resume_state(
 
 
 def load_resume_state(path: Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore the optimizer from ``path``; returns the saved metadata (step, extra, lora tensors)."""
+    """Restore the optimizer from ``path``; returns the saved metadata (step, scaler, extra, lora tensors)."""
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["negalora"])
         if meta.get("format") != FORMAT:

@@ -7,11 +7,13 @@ the CPU, ends with the same weights as an uninterrupted one.
 """
 
 import json
+import os
 import resource
 import secrets
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +64,16 @@ def _accelerator(mixed: str, device: torch.device):
     return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
 
 
+def _distributed_state(model: LoadedModel):
+    """Under `accelerate launch` or torchrun (WORLD_SIZE > 1) the processes' shared state; None when
+    this process trains alone, so a single run never starts a process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=model.placement.device.type == "cpu")
+
+
 def _mixed_precision(config: TrainConfig, device: torch.device) -> str:
     if config.mixed_precision != "auto":
         return config.mixed_precision
@@ -99,6 +111,18 @@ class Trainer:
         self.on_event = on_event or (lambda e: None)
         self.cancel = cancel or CancelToken()
         self._batches: dict = {}
+        # Several processes (one per GPU): only the main one writes files, rows and events.
+        self._dist = _distributed_state(model)
+        self._main = self._dist is None or self._dist.is_main_process
+        self._rank = 0
+        self._text_params: list = []
+
+    def _emit(self, event: dict) -> None:
+        if self._main:
+            self.on_event(event)
+
+    def _main_first(self):
+        return self._dist.main_process_first() if self._dist is not None else nullcontext()
 
     # -- public ---------------------------------------------------------------------------
 
@@ -111,7 +135,7 @@ class Trainer:
             self.store, reasons=config.reasons or None, since=since, until=until, extra=[Path(p) for p in config.extra]
         )
         report = preflight(candidates, token=config.token, with_reasons=config.captions_with_reasons)
-        self.on_event(
+        self._emit(
             {
                 "type": "preflight",
                 "images": len(report.images),
@@ -124,20 +148,27 @@ class Trainer:
         if not config.validation_prompts:
             config = _with_validation_prompts(config, self.model)
         run_id = new_run_id()
-        run_dir = self.home.runs / run_id
-        (run_dir / "checkpoints").mkdir(parents=True)
-        from negalora.atomic import atomic_write_text
+        if self._main:
+            run_dir = self.home.runs / run_id
+            (run_dir / "checkpoints").mkdir(parents=True)
+            from negalora.atomic import atomic_write_text
 
-        atomic_write_text(run_dir / "config.json", config.to_json())
-        dataset = {
-            "images": [{**asdict(i), "path": str(i.path)} for i in report.images],
-            "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
-            "warnings": report.warnings,
-            "model": {"name": self.model.name, "location": self.model.location, "sha256": self.model.sha256},
-        }
-        atomic_write_text(run_dir / "dataset.json", json.dumps(dataset, indent=2))
-        model_id = self.store.ensure_model(self.model.name, self.model.source, self.model.location, self.model.sha256)
-        self.store.create_run(run_id, model_id, config.to_json(), len(report.images))
+            atomic_write_text(run_dir / "config.json", config.to_json())
+            dataset = {
+                "images": [{**asdict(i), "path": str(i.path)} for i in report.images],
+                "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
+                "warnings": report.warnings,
+                "model": {"name": self.model.name, "location": self.model.location, "sha256": self.model.sha256},
+            }
+            atomic_write_text(run_dir / "dataset.json", json.dumps(dataset, indent=2))
+            model_id = self.store.ensure_model(
+                self.model.name, self.model.source, self.model.location, self.model.sha256
+            )
+            self.store.create_run(run_id, model_id, config.to_json(), len(report.images))
+        if self._dist is not None:  # one run: the main process's id
+            from accelerate.utils import broadcast_object_list
+
+            run_id = broadcast_object_list([run_id])[0]
         return self._run(run_id, config, report.images, start_step=0)
 
     def resume(self, run_id: str) -> RunResult:
@@ -157,12 +188,15 @@ class Trainer:
         start = checkpoints[-1]["step"] if checkpoints else 0
         if start >= config.steps:
             raise NegaloraError(f"run {run_id} already finished its {config.steps} steps")
-        self.store.update_run(run_id, status="running", message="")
+        if self._main:
+            self.store.update_run(run_id, status="running", message="")
         return self._run(run_id, config, images, start_step=start, resume_from=checkpoints[-1] if checkpoints else None)
 
     # -- the run --------------------------------------------------------------------------
 
     def _log(self, run_dir: Path, line: str) -> None:
+        if not self._main:
+            return
         with open(run_dir / "log.txt", "a", encoding="utf-8") as fh:
             fh.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}\n")
 
@@ -188,14 +222,16 @@ class Trainer:
                     latents.get(pipe.vae, lambda p=img.path: load_rgb(p), img.sha256, bucket, flip, img.caption)
                 )
             samples.append(variants)
-            self.on_event({"type": "caching", "done": n + 1, "total": len(images)})
+            self._emit({"type": "caching", "done": n + 1, "total": len(images)})
         from negalora.prompts import Conditioner
 
         conditioner = Conditioner(pipe)
         class_samples = (
             self._class_samples(config, len(images), latents, conditioner) if config.prior_preservation else []
         )
-        captions = {s[0].caption for s in samples + class_samples}
+        # "" too: a caption longer than 75 tokens makes a longer embedding, and a batch that mixes
+        # lengths is padded with the empty prompt's chunk, as Compel pads.
+        captions = {s[0].caption for s in samples + class_samples} | {""}
         text = {c: texts.get(conditioner, c) for c in sorted(captions)}
         return samples, class_samples, text
 
@@ -223,7 +259,7 @@ class Trainer:
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
             load = lambda p=path: load_rgb(p)  # noqa: E731
             out.append([latents.get(self.model.pipe.vae, load, sha, (size, size), False, config.class_prompt)])
-            self.on_event({"type": "class_images", "done": k + 1, "total": count})
+            self._emit({"type": "class_images", "done": k + 1, "total": count})
         return out
 
     @torch.no_grad()
@@ -277,7 +313,12 @@ class Trainer:
         time_ids = torch.stack([s.time_ids for s in chosen])
         if config.train_text_encoder:  # the encoders are learning: their outputs are made in _loss
             return latents, time_ids, [s.caption for s in chosen]
-        embeds = torch.stack([text[s.caption][0] for s in chosen])
+        embeds = [text[s.caption][0] for s in chosen]
+        longest = max(e.shape[0] for e in embeds)
+        if any(e.shape[0] != longest for e in embeds):
+            empty = text[""][0]
+            embeds = [torch.cat([e] + [empty] * ((longest - e.shape[0]) // empty.shape[0])) for e in embeds]
+        embeds = torch.stack(embeds)
         pooled = torch.stack([text[s.caption][1] for s in chosen])
         return latents, time_ids, embeds, pooled
 
@@ -289,7 +330,8 @@ class Trainer:
             )
             batch = (latents, time_ids, embeds, pooled)
         latents, time_ids, embeds, pooled = (t.to(device) for t in batch)
-        g = _seeded(config.seed, step, micro, 3 + 100 * stream)
+        # each process draws its own noise (rank 0 keeps the single-process stream)
+        g = _seeded(config.seed, step, micro, 3 + 100 * stream, *((self._rank,) if self._rank else ()))
         noise = torch.randn(latents.shape, generator=g).to(device)
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn(
@@ -352,19 +394,24 @@ class Trainer:
             accelerator = _accelerator(mixed, self.model.placement.device)
             device = accelerator.device
             self._log(
-                run_dir, f"{'resume at step ' + str(start_step) if start_step else 'start'} on {device} ({mixed})"
+                run_dir,
+                f"{'resume at step ' + str(start_step) if start_step else 'start'} on {device} ({mixed})"
+                + (f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""),
             )
-            samples, class_samples, text = self._prepare_samples(config, images)
+            with self._main_first():  # the main process fills the caches; the others then read them
+                samples, class_samples, text = self._prepare_samples(config, images)
             # What no longer changes leaves the GPU while the LoRA trains.
             _move(pipe, self._frozen, "cpu")
             unet.to(device, dtype=weight_dtype)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)  # the LoRA's initial weights depend on the run's seed only
                 params = add_lora(unet, config)
+                self._text_params = []
                 for encoder in encoders:
                     encoder.to(device, dtype=weight_dtype)
-                    params += add_lora(encoder, config, text=True)
+                    self._text_params += add_lora(encoder, config, text=True)
                     encoder.train()
+                params += self._text_params
             if resume_from is not None:
                 saved = read_resume_lora(_state_path(Path(resume_from["path"])))
                 for name, part in (("unet", unet), *zip(TEXT_ENCODERS, encoders, strict=False)):
@@ -374,8 +421,9 @@ class Trainer:
             if config.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
             optimizer = self._optimizer(config, params, device)
+            resume_meta = None
             if resume_from is not None:
-                load_resume_state(_state_path(Path(resume_from["path"])), optimizer)
+                resume_meta = load_resume_state(_state_path(Path(resume_from["path"])), optimizer)
             lr_schedule = get_scheduler(
                 config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
             )
@@ -387,6 +435,8 @@ class Trainer:
             # prepare() wraps the shared UNet's forward in autocast with fp32 outputs; the loss already runs
             # under accelerator.autocast(), and the wrapper would break generation (bf16 VAE, fp32 latents).
             accelerator.unwrap_model(unet, keep_fp32_wrapper=False)
+            if accelerator.scaler is not None and resume_meta and resume_meta.get("scaler"):
+                accelerator.scaler.load_state_dict(resume_meta["scaler"])  # fp16: the loss scale goes on too
             noise_scheduler = DDPMScheduler.from_config(self.model.scheduler_config)
             status, message, last_loss = self._loop(
                 run_id,
@@ -426,12 +476,15 @@ class Trainer:
             if self.model.placement.vae_dtype != pipe.vae.dtype:
                 pipe.vae.to(dtype=self.model.placement.vae_dtype)
             steps_done = max([c["step"] for c in self.store.checkpoints(run_id)] or [0])
-            self.store.update_run(run_id, status=status, message=message, steps_done=steps_done, final_loss=last_loss)
+            if self._main:
+                self.store.update_run(
+                    run_id, status=status, message=message, steps_done=steps_done, final_loss=last_loss
+                )
             self._log(run_dir, f"{status} at step {steps_done} {message}".strip())
         result = RunResult(
             run_id, status, steps_done, last_loss, [c["path"] for c in self.store.checkpoints(run_id)], message
         )
-        self.on_event({"type": "run_finished", "run": run_id, **asdict(result)})
+        self._emit({"type": "run_finished", "run": run_id, **asdict(result)})
         return result
 
     def _loop(
@@ -451,30 +504,46 @@ class Trainer:
     ):
         device = accelerator.device
         world, rank = accelerator.num_processes, accelerator.process_index
+        self._rank = rank
         instance, class_samples = samples
+
+        def anywhere(flag: bool) -> bool:
+            """True when the flag is set in any process: they must all skip, stop or go on together."""
+            if world == 1:
+                return flag
+            return bool(accelerator.reduce(torch.tensor([float(flag)], device=device), reduction="sum").item() > 0)
+
         unet.train()
         nan_run = 0
         last_loss = None
         t_start = time.monotonic()
         for step in range(start_step + 1, config.steps + 1):
-            if self.cancel.cancelled:
+            if anywhere(self.cancel.cancelled):
                 self._checkpoint(run_id, config, accelerator, unet, optimizer, step - 1)
                 return "cancelled", "cancelled by the user", last_loss
             total = 0.0
             finite = True
             for micro in range(config.grad_accum):
                 batch = self._batch(config, instance, text, step, micro, world, rank)
-                with accelerator.autocast():
+                last_micro = micro == config.grad_accum - 1
+                # gradients are averaged across processes once per step, on the last micro-batch
+                with accelerator.autocast(), nullcontext() if last_micro else accelerator.no_sync(unet):
                     loss = self._loss(unet, noise_scheduler, config, batch, step, micro, device, weight_dtype)
                     if class_samples:  # prior preservation: the base model's own images, beside the rejects
                         cbatch = self._batch(config, class_samples, text, step, micro, world, rank, stream=1)
                         closs = self._loss(unet, noise_scheduler, config, cbatch, step, micro, device, weight_dtype, 1)
                         loss = loss + config.prior_weight * closs
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                accelerator.backward(loss / config.grad_accum)
+                    if anywhere(not torch.isfinite(loss)):
+                        finite = False
+                        break
+                    accelerator.backward(loss / config.grad_accum)
                 total += float(loss.detach()) / config.grad_accum
+            if finite and world > 1:
+                # The text encoders run outside the DDP wrapper, so their LoRA gradients are averaged here.
+                for p in self._text_params:
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
+                total = float(accelerator.reduce(torch.tensor(total, device=device), reduction="mean"))
             if finite:
                 norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
                 # a finite loss with non-finite gradients (half precision) must not reach the weights either
@@ -483,7 +552,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 lr_schedule.step()
                 nan_run += 1
-                self.on_event({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
+                self._emit({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
                 self._log(self.home.runs / run_id, f"step {step}: non-finite loss or gradients, skipped")
                 if nan_run >= config.max_nan_steps:
                     return "stopped_nan", f"{nan_run} non-finite losses in a row at step {step}", last_loss
@@ -494,10 +563,11 @@ class Trainer:
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             last_loss = total
-            self.store.log_loss(run_id, step, total, lr)
+            if self._main:
+                self.store.log_loss(run_id, step, total, lr)
             elapsed = time.monotonic() - t_start
             done_here = step - start_step
-            self.on_event(
+            self._emit(
                 {
                     "type": "train_step",
                     "run": run_id,
@@ -519,6 +589,11 @@ class Trainer:
     def _checkpoint(self, run_id, config, accelerator, unet, optimizer, step: int) -> None:
         if step <= 0 or any(c["step"] == step for c in self.store.checkpoints(run_id)):
             return
+        if self._main:
+            self._write_checkpoint(run_id, config, accelerator, unet, optimizer, step)
+        accelerator.wait_for_everyone()  # no process runs ahead while the main one writes
+
+    def _write_checkpoint(self, run_id, config, accelerator, unet, optimizer, step: int) -> None:
         run_dir = self.home.runs / run_id
         path = run_dir / "checkpoints" / f"step-{step:06d}.safetensors"
         raw = accelerator.unwrap_model(unet)
@@ -526,11 +601,14 @@ class Trainer:
         encoders = tuple(getattr(pipe, n) for n in TEXT_ENCODERS) if config.train_text_encoder else ()
         save_diffusers_lora(raw, path, config, text_encoders=encoders)
         lora = {"unet": peft_state(raw), **{n: peft_state(e) for n, e in zip(TEXT_ENCODERS, encoders, strict=False)}}
-        save_resume_state(_state_path(path), step=step, optimizer=optimizer, lora=lora, extra={"run": run_id})
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        save_resume_state(
+            _state_path(path), step=step, optimizer=optimizer, lora=lora, scaler=scaler, extra={"run": run_id}
+        )
         self.store.add_checkpoint(run_id, step, path, sha256_file(path))
         self.store.update_run(run_id, steps_done=step)
         self._log(run_dir, f"checkpoint step {step}")
-        self.on_event({"type": "checkpoint", "run": run_id, "step": step, "path": str(path)})
+        self._emit({"type": "checkpoint", "run": run_id, "step": step, "path": str(path)})
         self._validate(run_id, config, raw, step)
         self._prune(run_id, config)
 
@@ -572,7 +650,7 @@ class Trainer:
         if was_training:
             for part in parts:
                 part.train()
-        self.on_event(
+        self._emit(
             {
                 "type": "validation",
                 "run": run_id,

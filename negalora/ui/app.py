@@ -70,9 +70,12 @@ def take_screenshot(app, window, path: Path) -> int:
     window.device_label.setText(f"device: {choose_placement().label}")
     window.model_label.setText(f"model: {window.generate_page.model_spec()}")
     window.show()
+    from PySide6.QtCore import QThreadPool
+
     for _ in range(5):
         app.processEvents()
         window.thumbs.wait_idle(3000)
+        QThreadPool.globalInstance().waitForDone(3000)  # pages that prepare a view in the background
     app.processEvents()
     image = window.grab()
     path = Path(path)

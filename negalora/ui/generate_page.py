@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from negalora.generate import MAX_SEED, GenerateRequest
+from negalora.lora_passes import BOTH, NEGATIVE
 from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from negalora.ui.prompt_highlighter import PromptHighlighter
 from negalora.wrong_set import DEFAULT_COUNT, wrong_set_requests
@@ -49,6 +50,8 @@ RESULT_SIDE = 160
 MAX_RESULTS = 60
 CHOOSE_FOLDER = "Choose a diffusers folder…"
 CHOOSE_FILE = "Choose a .safetensors file…"
+NO_LORA = "None"
+CHOOSE_LORA = "Choose a LoRA file…"
 
 
 class GeneratePage(QWidget):
@@ -85,6 +88,23 @@ class GeneratePage(QWidget):
         self.model.addItems(["demo", CHOOSE_FOLDER, CHOOSE_FILE])
         self.model.activated.connect(self._model_chosen)
         self._last_model = "demo"
+        self.lora = QComboBox()
+        self.lora.addItem(NO_LORA, "")
+        self.lora.addItem(CHOOSE_LORA, None)
+        self.lora.activated.connect(self._lora_chosen)
+        self.lora.setToolTip("A trained run's best (else last) checkpoint, or any LoRA file")
+        self.lora_scale = QDoubleSpinBox(minimum=-4.0, maximum=4.0, value=1.0, singleStep=0.25)
+        self.lora_passes = QComboBox()
+        self.lora_passes.addItem("both passes", BOTH)
+        self.lora_passes.addItem("negative pass only", NEGATIVE)
+        self.lora_passes.setToolTip(
+            "Both: the LoRA acts on the positive and the negative pass, as in A1111 and ComfyUI.\n"
+            "Negative pass only: it acts only where the negative prompt is drawn."
+        )
+        lora_row = QHBoxLayout()
+        lora_row.addWidget(self.lora, 1)
+        lora_row.addWidget(self.lora_scale)
+        lora_row.addWidget(self.lora_passes)
 
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed, 1)
@@ -97,6 +117,7 @@ class GeneratePage(QWidget):
         form.addRow("CFG scale", self.guidance)
         form.addRow("Size", self.size)
         form.addRow("Sampler", self.scheduler)
+        form.addRow("LoRA", lora_row)
 
         self.go = QPushButton("Generate")
         self.go.setDefault(True)
@@ -199,6 +220,9 @@ class GeneratePage(QWidget):
             "size": self.size.currentText(),
             "scheduler": self.scheduler.currentText(),
             "model": self.model_spec(),
+            "lora": self.lora.currentData() or "",
+            "lora_scale": self.lora_scale.value(),
+            "lora_passes": self.lora_passes.currentData(),
         }
 
     def restore(self, s: dict) -> None:
@@ -216,6 +240,12 @@ class GeneratePage(QWidget):
             self.scheduler.setCurrentText(s["scheduler"])
         if s.get("model"):
             self.set_model_spec(s["model"])
+        if s.get("lora"):
+            self.set_lora(s["lora"])
+        self.lora_scale.setValue(float(s.get("lora_scale", 1.0)))
+        index = self.lora_passes.findData(s.get("lora_passes"))
+        if index >= 0:
+            self.lora_passes.setCurrentIndex(index)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -246,7 +276,41 @@ class GeneratePage(QWidget):
             width=width,
             height=height,
             scheduler=self.scheduler.currentText(),
+            lora=self.lora.currentData() or None,
+            lora_scale=self.lora_scale.value(),
+            lora_passes=self.lora_passes.currentData(),
         )
+
+    # -- LoRA -----------------------------------------------------------------------------
+
+    def set_loras(self, loras: list[tuple[str, str]]) -> None:
+        """The trained runs' LoRAs as (label, path); a chosen file stays in the list."""
+        current = self.lora.currentData()
+        keep = [
+            (self.lora.itemText(i), self.lora.itemData(i))
+            for i in range(self.lora.count())
+            if self.lora.itemData(i)
+            and self.lora.itemData(i) not in {p for _, p in loras}
+            and self.lora.itemText(i).startswith("file: ")
+        ]
+        self.lora.clear()
+        self.lora.addItem(NO_LORA, "")
+        for label, path in [*loras, *keep]:
+            self.lora.addItem(label, path)
+        self.lora.addItem(CHOOSE_LORA, None)
+        self.set_lora(current or "")
+
+    def set_lora(self, path: str) -> None:
+        index = self.lora.findData(path)
+        if index < 0 and path:
+            self.lora.insertItem(self.lora.count() - 1, f"file: {path.rsplit('/', 1)[-1]}", path)
+            index = self.lora.findData(path)
+        self.lora.setCurrentIndex(max(index, 0))
+
+    def _lora_chosen(self, index: int) -> None:
+        if self.lora.itemData(index) is None:  # "Choose a LoRA file…"
+            path, _ = QFileDialog.getOpenFileName(self, "LoRA file", "", "LoRA (*.safetensors)")
+            self.set_lora(path)
 
     def _generate(self) -> None:
         from negalora.errors import NegaloraError

@@ -59,6 +59,16 @@ class JobController(QObject):
         self.start()
         return self.client.submit({"kind": "train", "model": model, "config": config or {}, "resume": resume})
 
+    def submit_compare(self, model: str, compare: dict) -> str:
+        """``compare`` is a negalora.compare.runner.CompareRequest as a dict."""
+        self.start()
+        return self.client.submit({"kind": "compare", "model": model, "compare": compare})
+
+    def submit_export(self, model: str, export: dict) -> str:
+        """``export`` is a negalora.export.ExportRequest as a dict; ``model`` the run's base model."""
+        self.start()
+        return self.client.submit({"kind": "export", "model": model, "export": export})
+
     def load_model(self, model: str) -> str:
         """Load a model ahead of the first job, so the status bar can show it."""
         self.start()

@@ -10,11 +10,13 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QSt
 
 from negalora.home import Home
 from negalora.store import Store
+from negalora.ui.blind_vote import BlindVoteDialog
+from negalora.ui.compare_page import ComparePage
+from negalora.ui.export_page import ExportPage
 from negalora.ui.gallery_model import GalleryModel
 from negalora.ui.gallery_page import GalleryPage
 from negalora.ui.generate_page import GeneratePage
 from negalora.ui.jobs import JobController
-from negalora.ui.later_pages import LaterPage
 from negalora.ui.thumbnails import ThumbnailCache
 from negalora.ui.train_page import TrainPage
 from negalora.ui.viewer import ImageViewer
@@ -35,12 +37,14 @@ class MainWindow(QMainWindow):
         self.generate_page = GeneratePage()
         self.gallery_page = GalleryPage(self.store, self.gallery_model)
         self.train_page = TrainPage(self.store)
-        self.later = {name: LaterPage(name) for name in ("compare", "export")}
+        self.compare_page = ComparePage(self.store)
+        self.export_page = ExportPage(self.store, self.jobs)
         self.pages = {
             "generate": self.generate_page,
             "gallery": self.gallery_page,
             "train": self.train_page,
-            **self.later,
+            "compare": self.compare_page,
+            "export": self.export_page,
         }
 
         self.nav = QListWidget()
@@ -56,6 +60,10 @@ class MainWindow(QMainWindow):
             self.stack.addWidget(self.pages[name])
         self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
         self.nav.currentRowChanged.connect(lambda row: self.train_page.refresh() if PAGES[row] == "train" else None)
+        self.nav.currentRowChanged.connect(
+            lambda row: self.compare_page.refresh() if PAGES[row] == "compare" and not self._compare_job else None
+        )
+        self.nav.currentRowChanged.connect(lambda row: self._refresh_loras() if PAGES[row] == "generate" else None)
         central = QWidget()
         row = QHBoxLayout(central)
         row.setContentsMargins(0, 0, 0, 0)
@@ -93,12 +101,17 @@ class MainWindow(QMainWindow):
         self.train_page.start.connect(lambda config: self._submit_train(config=config))
         self.train_page.resume.connect(lambda run: self._submit_train(resume=run))
         self.train_page.cancel.connect(lambda: self.jobs.cancel(self._train_job) if self._train_job else None)
+        self.compare_page.render.connect(self._submit_compare)
+        self.compare_page.cancel.connect(lambda: self.jobs.cancel(self._compare_job) if self._compare_job else None)
+        self.compare_page.open_image.connect(self.open_image)
+        self.compare_page.blind_vote.connect(self._blind_vote)
         self.jobs.event.connect(self._job_event)
         self.jobs.state_changed.connect(lambda s: self.worker_label.setText(f"worker: {s}"))
         self.jobs.message.connect(self._message)
         self.jobs.model_loaded.connect(self._model_loaded)
         self._job: str | None = None
         self._train_job: str | None = None
+        self._compare_job: str | None = None
         self._job_images = 0
         self.gallery_model.emit_counts()
         for row in reversed(self.store.images(limit=12)):  # the last session's newest images
@@ -150,13 +163,65 @@ class MainWindow(QMainWindow):
         if kind in ("finished", "failed"):
             self._train_job = None
             self.train_page.job_ended(msg.get("status", "failed"), msg.get("error", ""))
+            if msg.get("status") == "done" and msg.get("run"):
+                self._compare_after_training(msg["run"])
         else:
             self.train_page.on_event(msg)
+
+    def _submit_compare(self, request: dict) -> None:
+        if self._compare_job is not None:
+            self._message("A comparison is rendering; cancel it or wait for it to finish")
+            return
+        self._compare_job = self.jobs.submit_compare(self.generate_page.model_spec(), request)
+        self.compare_page.job_started()
+        self._save_settings()
+
+    def _refresh_loras(self) -> None:
+        """Each run's best (else last) checkpoint is a LoRA the Generate page can use."""
+        loras = []
+        for run in self.store.runs():
+            kept = self.store.checkpoints(run["id"])
+            if kept:
+                chosen = next((c for c in kept if c["step"] == run.get("best_step")), kept[-1])
+                loras.append((f"{run['id']} · step {chosen['step']}", chosen["path"]))
+        self.generate_page.set_loras(loras)
+
+    def _compare_after_training(self, run_id: str) -> None:
+        """The artist sees the new LoRA's effect without asking: the test set, three ways."""
+        self.compare_page.refresh()
+        self._refresh_loras()
+        request = self.compare_page.request_after_training(run_id)
+        if request is not None and self._compare_job is None:
+            self._submit_compare(request)
+            self._message(f"Training done: rendering the test prompts with {run_id} on the Compare page")
+
+    def _compare_event(self, msg: dict) -> None:
+        kind = msg["type"]
+        page = self.compare_page
+        if kind == "comparison":
+            page.begin_grid(msg["comparison"], msg["columns"], msg["rows"])
+        elif kind == "cell":
+            page.set_cell(msg["row"], msg["col"], msg["image_id"], msg["path"])
+            self.gallery_model.add_new(msg["image_id"])
+        elif kind == "progress":
+            page.job_progress(msg["image_index"], msg["image_total"], msg["step"], msg["steps"])
+        elif kind in ("finished", "failed"):
+            self._compare_job = None
+            page.job_ended(msg.get("status", "failed"), msg.get("comparison"), msg.get("error", ""))
+
+    def _blind_vote(self, spec: dict) -> None:
+        comparison = self.store.comparison(spec["comparison"])
+        self.vote_dialog = BlindVoteDialog(self.store, comparison, spec["a"], spec["b"], parent=self)
+        self.vote_dialog.finished.connect(lambda _: self.compare_page._show_votes())
+        self.vote_dialog.show()
 
     def _job_event(self, msg: dict) -> None:
         kind = msg["type"]
         if self._train_job is not None and msg.get("job") == self._train_job:
             self._train_event(msg)
+            return
+        if self._compare_job is not None and msg.get("job") == self._compare_job:
+            self._compare_event(msg)
             return
         if kind == "image":
             self.gallery_model.add_new(msg["image_id"])
@@ -213,6 +278,8 @@ class MainWindow(QMainWindow):
         ui = settings.get("ui", {})
         self.generate_page.restore(ui.get("generate", {}))
         self.train_page.restore(ui.get("train", {}))
+        self.compare_page.restore(ui.get("compare", {}))
+        self._refresh_loras()
         # --model, else the app's last model, else the same defaults as the command line
         chosen = (
             model or ui.get("generate", {}).get("model") or os.environ.get("NEGALORA_MODEL") or settings.get("model")
@@ -231,6 +298,7 @@ class MainWindow(QMainWindow):
         settings["ui"] = {
             "generate": self.generate_page.state(),
             "train": self.train_page.state(),
+            "compare": self.compare_page.state(),
             "geometry": base64.b64encode(bytes(self.saveGeometry())).decode(),
             "page": self.current_page(),
         }
@@ -238,6 +306,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self._save_settings()
+        self.jobs.event.disconnect(self._job_event)  # events still in flight must not reach a closed store
         self.jobs.shutdown()
         self.thumbs.wait_idle(2000)
         self.store.close()

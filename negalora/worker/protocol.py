@@ -2,8 +2,10 @@
 
 To the worker:   {"type": "job", "job": ID, "kind": "generate", ...}, {"type": "cancel", "job": ID},
                  {"type": "shutdown"}
-From the worker: ready, model, started, progress, image, finished (status done | cancelled),
-                 failed (error, kind: bad_input | out_of_memory | crash)
+From the worker: ready, model, accepted, started, progress, image, finished (status done | cancelled),
+                 failed (error, kind: bad_input | out_of_memory | crash | training); training relays the
+                 trainer's events (preflight, caching, train_step, checkpoint, validation, ...); compare
+                 adds comparison (the layout) and cell; export adds export_stage
 """
 
 import json

@@ -97,6 +97,12 @@ class WorkerServer:
                 generator.release_lora()  # train on the base model, not on the last LoRA used to generate
                 self._train(msg, generator.model, store, token)
                 return
+            if msg.get("kind") == "export":
+                self._export(msg, generator, store, token)
+                return
+            if msg.get("kind") == "compare":
+                self._compare(msg, generator, store, token)
+                return
             requests = [request_from_dict(r) for r in msg["requests"]]
             plans = [generator.plan(r) for r in requests]  # all checks before the first image
             total = sum(len(p) for p in plans)
@@ -174,6 +180,79 @@ class WorkerServer:
             self.out.send(
                 {"type": "failed", "job": job, "kind": "training", "error": result.message, "run": result.run_id}
             )
+
+    def _compare(self, msg: dict, generator, store, token: CancelToken) -> None:
+        """A comparison grid: the planned layout first, then every cell as it is stored."""
+        from negalora.compare.runner import CompareRequest, run_comparison
+
+        job = msg["job"]
+        request = CompareRequest.from_dict(msg["compare"])
+        ids: list[int] = []
+
+        def planned(result) -> None:
+            self.out.send({"type": "started", "job": job, "total": len(result.rows) * len(result.columns)})
+            self.out.send(
+                {
+                    "type": "comparison",
+                    "job": job,
+                    "comparison": result.id,
+                    "columns": [c.to_dict() for c in result.columns],
+                    "rows": [{"prompt": p, "seed": s} for p, s in result.rows],
+                }
+            )
+
+        def progress(p) -> None:
+            self.out.send(
+                {
+                    "type": "progress",
+                    "job": job,
+                    "image_index": p.cell_index,
+                    "image_total": p.cell_total,
+                    "step": p.step,
+                    "steps": p.steps,
+                }
+            )
+
+        def cell(row: int, col: int, stored) -> None:
+            ids.append(stored.id)
+            self.out.send(
+                {"type": "cell", "job": job, "row": row, "col": col, "image_id": stored.id, "path": str(stored.path)}
+            )
+
+        result = run_comparison(
+            generator, store, request, on_progress=progress, cancel=token, on_cell=cell, on_planned=planned
+        )
+        self.out.send(
+            {
+                "type": "finished",
+                "job": job,
+                "status": result.status,
+                "image_ids": ids,
+                "comparison": result.id,
+                "grid": str(result.grid_path or ""),
+            }
+        )
+
+    def _export(self, msg: dict, generator, store, token: CancelToken) -> None:
+        """Export a run's LoRA, verified on this worker's model (the run's base model); the result
+        rides on the finished event."""
+        from negalora.errors import Cancelled
+        from negalora.export import ExportRequest, export_lora
+
+        job = msg["job"]
+        self.out.send({"type": "started", "job": job, "total": 0})
+        try:
+            result = export_lora(
+                store,
+                ExportRequest.from_dict(msg["export"]),
+                generator,
+                on_event=lambda e: self.out.send({**e, "job": job}),
+                cancel=token,
+            )
+        except Cancelled:
+            self.out.send({"type": "finished", "job": job, "status": "cancelled", "image_ids": []})
+            return
+        self.out.send({"type": "finished", "job": job, "status": "done", "image_ids": [], "export": result.to_dict()})
 
     def serve(self) -> None:
         self.out.send({"type": "ready", "pid": os.getpid()})

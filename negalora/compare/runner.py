@@ -1,0 +1,259 @@
+"""Running a comparison: plan every cell's recipe, render them on one loaded pipeline, store each
+cell as a normal image, then write the labelled grid and record it all in the store."""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from negalora.atomic import atomic_write_bytes
+from negalora.cancel import CancelToken
+from negalora.compare import columns as cols
+from negalora.compare.grid import grid_png_bytes, render_grid
+from negalora.errors import Cancelled, NegaloraError
+from negalora.generate import GenerateRequest, Generator
+from negalora.lora_passes import BOTH, check_lora_passes
+from negalora.pngmeta import png_bytes
+from negalora.recipe import Recipe
+from negalora.schedulers import DEFAULT_SCHEDULER
+from negalora.store import Store
+from negalora.store.db import StoredImage
+
+THREE_WAY, SCALE_SWEEP, CHECKPOINT_SWEEP = "three_way", "scale_sweep", "checkpoint_sweep"
+KINDS = (THREE_WAY, SCALE_SWEEP, CHECKPOINT_SWEEP)
+DEFAULT_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+MAX_CELLS = 2000
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    prompts: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (1, 2)
+    kind: str = THREE_WAY
+    lora: str = ""  # a LoRA file, or a training run's id
+    step: int | None = None  # with a run: the checkpoint (default: the one marked best, else the last)
+    checkpoint_steps: tuple[int, ...] = ()  # checkpoint sweep: the steps shown (empty: every kept one)
+    scale: float = 1.0
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    token: str = "wrong"
+    base_negative: str = ""  # the artist's own negative prompt, kept in every column
+    lora_passes: str = BOTH
+    extra_column: bool = True  # three-way: a fourth column with the LoRA on the other passes
+    steps: int = 25
+    guidance: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    prompt_set: str | None = None  # a stored test-prompt set fills in prompts and seeds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CompareRequest":
+        data = dict(data)
+        for name in ("prompts", "seeds", "checkpoint_steps", "scales"):
+            if name in data and data[name] is not None:
+                data[name] = tuple(data[name])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    path: str
+    run_id: str | None = None
+    step: int | None = None
+    checkpoints: tuple[tuple[int, str], ...] = ()  # (step, path) of the run's kept checkpoints
+
+
+def resolve_lora(store: Store, lora: str, step: int | None = None) -> LoraSource:
+    """A LoRA named by a file path or by a run id (then a checkpoint of it)."""
+    if not lora:
+        raise NegaloraError("a comparison needs a LoRA: a .safetensors file or a training run id")
+    path = Path(lora).expanduser()
+    if path.suffix or path.exists():
+        if not path.is_file():
+            raise NegaloraError(f"{path}: no such LoRA file")
+        return LoraSource(str(path.resolve()))
+    run = store.run(lora)
+    checkpoints = tuple((c["step"], c["path"]) for c in store.checkpoints(lora))
+    if not checkpoints:
+        raise NegaloraError(f"run {lora}: has no checkpoints yet")
+    wanted = step if step is not None else run.get("best_step")
+    chosen = dict(checkpoints).get(wanted) if wanted is not None else None
+    if wanted is not None and chosen is None:
+        if step is not None:
+            kept = ", ".join(str(s) for s, _ in checkpoints)
+            raise NegaloraError(f"run {lora}: no kept checkpoint at step {step} (kept: {kept})")
+        wanted = None  # the best one was pruned: fall back to the last
+    if wanted is None:
+        wanted, chosen = checkpoints[-1]
+    return LoraSource(chosen, run_id=lora, step=wanted, checkpoints=checkpoints)
+
+
+def fill_from_prompt_set(store: Store, request: CompareRequest) -> CompareRequest:
+    if not request.prompt_set:
+        return request
+    from dataclasses import replace
+
+    ps = store.prompt_set(request.prompt_set)
+    settings = {k: v for k, v in ps["settings"].items() if k in ("steps", "guidance", "token", "base_negative")}
+    return replace(request, prompts=tuple(ps["prompts"]), seeds=tuple(ps["seeds"]), **settings)
+
+
+def make_columns(request: CompareRequest, source: LoraSource) -> list[cols.Column]:
+    if request.kind == THREE_WAY:
+        return cols.three_way(
+            source.path, request.scale, request.token, request.lora_passes, request.extra_column, source.step
+        )
+    if request.kind == SCALE_SWEEP:
+        return cols.scale_sweep(source.path, request.scales, request.token, request.lora_passes, source.step)
+    if not source.run_id:
+        raise NegaloraError("a checkpoint sweep needs a training run, not a LoRA file")
+    kept = dict(source.checkpoints)
+    steps = request.checkpoint_steps or tuple(kept)
+    missing = [s for s in steps if s not in kept]
+    if missing:
+        raise NegaloraError(f"run {source.run_id}: no kept checkpoint at step {missing[0]}")
+    return cols.checkpoint_sweep([(s, kept[s]) for s in steps], request.scale, request.token, request.lora_passes)
+
+
+def check_compare_request(request: CompareRequest) -> None:
+    if request.kind not in KINDS:
+        raise NegaloraError(f"comparison kind {request.kind!r}: must be one of {', '.join(KINDS)}")
+    if not request.prompts or not any(p.strip() for p in request.prompts):
+        raise NegaloraError("a comparison needs at least one prompt")
+    if not request.seeds:
+        raise NegaloraError("a comparison needs at least one seed")
+    if request.kind == SCALE_SWEEP and not request.scales:
+        raise NegaloraError("a scale sweep needs at least one scale")
+    if not request.token.strip():
+        raise NegaloraError("the negative token is empty")
+    check_lora_passes(request.lora_passes)
+
+
+@dataclass(frozen=True)
+class CompareProgress:
+    cell_index: int
+    cell_total: int
+    step: int
+    steps: int
+
+
+@dataclass
+class ComparisonResult:
+    id: int
+    status: str  # done | cancelled
+    columns: list[cols.Column]
+    rows: list[tuple[str, int]]
+    recipes: list[list[Recipe]]
+    cells: list[list[StoredImage | None]] = field(default_factory=list)
+    grid_path: Path | None = None
+
+
+def plan_cells(generator: Generator, request: CompareRequest, columns: list[cols.Column]) -> list[list[Recipe]]:
+    """recipes[row][col]; rows are prompt × seed, prompt-major. Only the column's stated differences vary."""
+    negative_with_token = ", ".join(p for p in (request.base_negative, request.token) if p)
+    recipes = []
+    for prompt in request.prompts:
+        for seed in request.seeds:
+            row = []
+            for column in columns:
+                (recipe,) = generator.plan(
+                    GenerateRequest(
+                        prompts=(prompt,),
+                        negative=negative_with_token if column.with_token else request.base_negative,
+                        count=1,
+                        seed=seed,
+                        steps=request.steps,
+                        guidance=request.guidance,
+                        width=request.width,
+                        height=request.height,
+                        scheduler=request.scheduler,
+                        lora=column.lora_path or None,
+                        lora_scale=column.lora_scale,
+                        lora_passes=column.lora_passes,
+                    )
+                )
+                row.append(recipe)
+            recipes.append(row)
+    return recipes
+
+
+def run_comparison(
+    generator: Generator,
+    store: Store,
+    request: CompareRequest,
+    on_progress: Callable[[CompareProgress], None] | None = None,
+    cancel: CancelToken | None = None,
+    on_cell: Callable[[int, int, StoredImage], None] | None = None,
+    on_planned: Callable[["ComparisonResult"], None] | None = None,
+) -> ComparisonResult:
+    """Render and store every cell, then the grid. Cells are rendered column by column so that a
+    LoRA is loaded once per column, never once per cell. A cancel keeps the cells already made."""
+    request = fill_from_prompt_set(store, request)
+    check_compare_request(request)
+    source = resolve_lora(store, request.lora, request.step)
+    columns = make_columns(request, source)
+    rows = [(p, s) for p in request.prompts for s in request.seeds]
+    if len(rows) * len(columns) > MAX_CELLS:
+        raise NegaloraError(f"{len(rows) * len(columns)} cells: more than {MAX_CELLS} in one comparison")
+    recipes = plan_cells(generator, request, columns)  # every check before the first cell
+    model = generator.model
+    model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
+    prompt_set_id = store.prompt_set(request.prompt_set)["id"] if request.prompt_set else None
+    comparison_id = store.create_comparison(
+        request.kind,
+        [c.to_dict() for c in columns],
+        request.to_dict(),
+        run_id=source.run_id,
+        step=source.step,
+        lora_path=source.path,
+        lora_hash=next((r.lora_hash for r in recipes[0] if r.lora_hash), ""),
+        prompt_set_id=prompt_set_id,
+    )
+    result = ComparisonResult(comparison_id, "running", columns, rows, recipes, [[None] * len(columns) for _ in rows])
+    if on_planned is not None:
+        on_planned(result)
+    images = [[None] * len(columns) for _ in rows]
+    total = len(rows) * len(columns)
+    index = 0
+    try:
+        for c in range(len(columns)):
+            for r in range(len(rows)):
+                recipe = recipes[r][c]
+                if on_progress is not None:
+                    on_progress(CompareProgress(index, total, 0, recipe.steps))
+                image = generator.render(
+                    recipe,
+                    on_step=(lambda s, i=index, n=recipe.steps: on_progress(CompareProgress(i, total, min(s, n), n)))
+                    if on_progress
+                    else None,
+                    cancel=cancel,
+                )
+                stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
+                store.add_comparison_cell(comparison_id, r, c, stored.id)
+                images[r][c], result.cells[r][c] = image, stored
+                index += 1
+                if on_cell is not None:
+                    on_cell(r, c, stored)
+    except Cancelled:
+        result.status = "cancelled"
+        store.finish_comparison(comparison_id, "cancelled")
+        return result
+    grid, factor = render_grid(images, [c.label for c in columns], rows)
+    description = {
+        "comparison": comparison_id,
+        "kind": request.kind,
+        "run": source.run_id,
+        "step": source.step,
+        "columns": [c.to_dict() for c in columns],
+        "rows": [{"prompt": p, "seed": s} for p, s in rows],
+        "cell_upscale": factor,
+        "cells": [[result.cells[r][c].id for c in range(len(columns))] for r in range(len(rows))],
+        "recipes": [[recipes[r][c].to_json() for c in range(len(columns))] for r in range(len(rows))],
+    }
+    grid_path = store.home.comparisons / f"{comparison_id:06d}" / "grid.png"
+    atomic_write_bytes(grid_path, grid_png_bytes(grid, recipes[0][0], description))
+    store.finish_comparison(comparison_id, "done", grid_path)
+    result.status, result.grid_path = "done", grid_path
+    return result

@@ -1,0 +1,24 @@
+"""Export a training checkpoint as a LoRA file that A1111, ComfyUI and diffusers load: kohya or
+diffusers keys, honest header metadata, a model card beside it, and a reload check before the file
+is put in place. One module per job:
+
+- ``source``: which run and checkpoint, read (safetensors only) and checked
+- ``kohya_keys``: diffusers/peft key names to kohya's ``lora_unet_*`` / ``lora_te1_*`` / ``lora_te2_*``
+- ``metadata``: the ``ss_*``, ``modelspec.*`` and ``negalora.*`` header keys, and their hashes
+- ``writer``: serialising, temp files beside the destination, the atomic replace
+- ``verify``: reload the written file with diffusers and compare it with the in-app LoRA
+- ``model_card``: the Markdown card written beside the file
+- ``exporter``: the order of it all, and the record in the store
+"""
+
+from negalora.export.exporter import (
+    FORMATS,
+    ExportPlan,
+    ExportRequest,
+    ExportResult,
+    export_lora,
+    plan_export,
+    run_export,
+)
+
+__all__ = ["FORMATS", "ExportPlan", "ExportRequest", "ExportResult", "export_lora", "plan_export", "run_export"]
