@@ -12,7 +12,7 @@ from pathlib import Path
 
 from negalora import __version__
 from negalora.errors import NegaloraError
-from negalora.lora_passes import BOTH, LORA_PASSES
+from negalora.lora_passes import DEFAULT, LORA_PASSES
 
 DEFAULT_MODEL = "demo"
 
@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--lora-passes",
         choices=LORA_PASSES,
-        default=BOTH,
-        help="guidance passes the LoRA acts on: both (as A1111/ComfyUI) or negative (the unconditional pass only)",
+        default=DEFAULT,
+        help="guidance passes the LoRA acts on: both (as A1111/ComfyUI) or negative (the unconditional pass "
+        f"only; default {DEFAULT})",
     )
     g.add_argument("--device", metavar="D", help="cpu, cuda or mps (default: the best available)")
     _add_common(g)
@@ -195,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--checkpoints", nargs="?", const="all", metavar="LIST", help="sweep the run's checkpoints (all, or 250,500)"
     )
-    c.add_argument("--lora-passes", choices=LORA_PASSES, default=BOTH, help="how the LoRA columns apply it")
+    c.add_argument(
+        "--lora-passes", choices=LORA_PASSES, default=DEFAULT, help=f"how the LoRA columns apply it (default {DEFAULT})"
+    )
     c.add_argument("--no-extra-column", action="store_true", help="three columns only (no other-passes column)")
     c.add_argument("--token", default="wrong", metavar="T", help="the negative token (default wrong)")
     c.add_argument("--negative", default="", metavar="N", help="your own negative prompt, kept in every column")

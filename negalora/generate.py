@@ -18,7 +18,7 @@ from PIL import Image
 from negalora.cancel import CancelToken
 from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import HashCache
-from negalora.lora_passes import BOTH, NEGATIVE, check_lora_passes, lora_on_negative_pass
+from negalora.lora_passes import DEFAULT, NEGATIVE, check_lora_passes, lora_on_negative_pass
 from negalora.models import checkpoint_kind as ck
 from negalora.models.loader import LoadedModel
 from negalora.pngmeta import png_bytes
@@ -46,7 +46,7 @@ class GenerateRequest:
     scheduler: str = DEFAULT_SCHEDULER
     lora: str | None = None
     lora_scale: float = 1.0
-    lora_passes: str = BOTH  # both | negative: the guidance passes the LoRA acts on
+    lora_passes: str = DEFAULT  # both | negative: the guidance passes the LoRA acts on
     use_refiner: bool = True  # when the model has one
     refiner_switch: float = 0.8
 
@@ -243,7 +243,8 @@ class Generator:
         unet = self.model.pipe.unet
         if not negative_only:
             yield
-        elif guidance > 1:  # the pipeline batches [negative; positive]
+        elif guidance > 1 and unet.config.get("time_cond_proj_dim") is None:
+            # the pipeline batches [negative; positive] (its own condition for classifier-free guidance)
             with lora_on_negative_pass(unet):
                 yield
         else:  # no negative pass at all: the LoRA stays off

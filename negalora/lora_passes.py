@@ -15,6 +15,8 @@ import torch
 BOTH = "both"
 NEGATIVE = "negative"
 LORA_PASSES = (BOTH, NEGATIVE)
+# How the product applies a LoRA unless told otherwise (generation, comparisons, export notes).
+DEFAULT = BOTH
 DESCRIPTIONS = {
     BOTH: "both guidance passes (as A1111, ComfyUI and diffusers apply a LoRA)",
     NEGATIVE: "the negative (unconditional) pass only",
@@ -34,6 +36,8 @@ def _half(value, n: int, second: bool):
         return value[n:] if second else value[:n]
     if isinstance(value, dict):
         return {k: _half(v, n, second) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_half(v, n, second) for v in value)
     return value
 
 
@@ -41,15 +45,20 @@ def _half(value, n: int, second: bool):
 def lora_on_negative_pass(unet) -> Iterator[None]:
     """While active, a UNet call on a [negative; positive] batch runs the LoRA on the first half only."""
     original = unet.forward
+    shadowed = "forward" in unet.__dict__  # a wrapper already set on the instance (an offload hook)
 
     def forward(sample, *args, **kwargs):
         n = sample.shape[0] // 2
-        if n == 0 or sample.shape[0] % 2:
-            return original(sample, *args, **kwargs)
-        negative = original(_half(sample, n, False), *_half(list(args), n, False), **_half(kwargs, n, False))
+        if n == 0 or sample.shape[0] % 2:  # no negative half: the LoRA stays off
+            unet.disable_lora()
+            try:
+                return original(sample, *args, **kwargs)
+            finally:
+                unet.enable_lora()
+        negative = original(_half(sample, n, False), *_half(args, n, False), **_half(kwargs, n, False))
         unet.disable_lora()
         try:
-            positive = original(_half(sample, n, True), *_half(list(args), n, True), **_half(kwargs, n, True))
+            positive = original(_half(sample, n, True), *_half(args, n, True), **_half(kwargs, n, True))
         finally:
             unet.enable_lora()
         if isinstance(negative, tuple):
@@ -61,4 +70,7 @@ def lora_on_negative_pass(unet) -> Iterator[None]:
     try:
         yield
     finally:
-        del unet.forward
+        if shadowed:
+            unet.forward = original
+        else:
+            del unet.forward

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from negalora import __version__
+from negalora.models.demo import DEMO_SIZE
 from negalora.pngmeta import recipe_fields_from_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def test_generate_json_lists_every_image_and_the_png_says_how(cli, home):
         assert path.is_file() and path.parent.parent == home.images
         with Image.open(path) as png:
             fields = recipe_fields_from_parameters(png.text["parameters"])
-            assert png.size == (64, 64)
+            assert png.size == (DEMO_SIZE, DEMO_SIZE)
         assert fields["seed"] == im["seed"] and fields["prompt"] == im["prompt"] and fields["negative"] == "wrong"
         assert fields["steps"] == 4 and fields["model"] == "demo"
     listed = cli("list", "images", "--home", home.root, "--json").json["images"]

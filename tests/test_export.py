@@ -29,6 +29,7 @@ from negalora.export.verify import verify_export
 from negalora.generate import GenerateRequest, Generator
 from negalora.hashing import sha256_file
 from negalora.home import Home
+from negalora.models.demo import DEMO_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 2  # of 255
@@ -139,7 +140,7 @@ def test_header_metadata_model_card_and_grid(runs, demo_model, tmp_path):
         "ss_base_model_version": "sdxl_base_v1-0",
         "ss_output_name": "w",
         "ss_num_train_images": "4",
-        "ss_resolution": "(64, 64)",
+        "ss_resolution": f"({DEMO_SIZE}, {DEMO_SIZE})",
         "ss_seed": "3",
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
@@ -147,7 +148,7 @@ def test_header_metadata_model_card_and_grid(runs, demo_model, tmp_path):
         "modelspec.title": "w",
         "modelspec.trigger_phrase": "wrong",
         "modelspec.usage_hint": "add `wrong` to the negative prompt",
-        "modelspec.resolution": "64x64",
+        "modelspec.resolution": f"{DEMO_SIZE}x{DEMO_SIZE}",
         "modelspec.date": runs.store.checkpoints(runs.te)[-1]["created"],
         "negalora.run": runs.te,
         "negalora.step": "4",

@@ -6,6 +6,7 @@ from tests_helpers_lora import write_demo_lora
 from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError
 from negalora.generate import GenerateRequest, Progress, generate_to_store
+from negalora.models.demo import DEMO_SIZE
 from negalora.schedulers import SCHEDULERS
 from negalora.store import Store
 
@@ -18,7 +19,7 @@ def test_batch_expands_prompts_times_count_with_consecutive_seeds(generator):
     recipes = generator.plan(GenerateRequest(prompts=("a red circle", "a blue square"), count=3, seed=10))
     assert [r.prompt for r in recipes] == ["a red circle"] * 3 + ["a blue square"] * 3
     assert [r.seed for r in recipes] == [10, 11, 12, 13, 14, 15]
-    assert {(r.width, r.height) for r in recipes} == {(64, 64)}  # the demo's native size
+    assert {(r.width, r.height) for r in recipes} == {(DEMO_SIZE, DEMO_SIZE)}  # the demo's native size
 
 
 def test_random_seed_is_drawn_and_recorded(generator):
@@ -37,8 +38,8 @@ def test_render_equals_a_direct_diffusers_call(generator):
         negative_prompt="wrong",
         num_inference_steps=6,
         guidance_scale=7.0,
-        width=64,
-        height=64,
+        width=DEMO_SIZE,
+        height=DEMO_SIZE,
         generator=torch.Generator("cpu").manual_seed(7),
     ).images[0]
     assert np.abs(ours - _pixels(direct)).max() == 0

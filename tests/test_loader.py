@@ -6,7 +6,7 @@ from diffusers import StableDiffusionXLPipeline
 from negalora.device import choose_placement
 from negalora.errors import NegaloraError
 from negalora.generate import GenerateRequest, Generator
-from negalora.models.demo import build_demo_pipeline, build_demo_refiner, ensure_demo_folder
+from negalora.models.demo import DEMO_SIZE, build_demo_pipeline, build_demo_refiner, ensure_demo_folder
 from negalora.models.loader import load_model
 
 
@@ -31,7 +31,7 @@ def test_demo_is_built_deterministically():
 def test_a_diffusers_folder_loads_and_matches_demo(demo_model, home, tmp_path):
     folder = ensure_demo_folder(tmp_path / "my-sdxl")
     loaded = load_model(str(folder), home, choose_placement("cpu"))
-    assert loaded.source == "folder" and loaded.name == "my-sdxl" and loaded.native_size == 64
+    assert loaded.source == "folder" and loaded.name == "my-sdxl" and loaded.native_size == DEMO_SIZE
     assert loaded.sha256 == demo_model.sha256  # same weights, same identity
 
 

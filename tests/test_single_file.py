@@ -16,7 +16,7 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from negalora.models.demo import build_demo_pipeline, ensure_demo_folder
+from negalora.models.demo import DEMO_SIZE, build_demo_pipeline, ensure_demo_folder
 from negalora.models.tokenizer import PAD_CLIP_L, PAD_OPENCLIP, clip_tokenizer
 from negalora.resources import SDXL_BASE_CONFIG, SDXL_REFINER_CONFIG
 
@@ -151,8 +151,8 @@ def test_generation_identical(original, loaded):
             "a red cube",
             negative_prompt="blurry",
             num_inference_steps=2,
-            height=64,
-            width=64,
+            height=DEMO_SIZE,
+            width=DEMO_SIZE,
             generator=torch.Generator().manual_seed(0),
             output_type="np",
         ).images

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from negalora.cancel import CancelToken
 from negalora.device import choose_placement
 from negalora.generate import GenerateRequest, Generator
+from negalora.models.demo import DEMO_SIZE
 from negalora.models.loader import load_model
 from negalora.store import Store
 from negalora.train.config import PRESETS, TrainConfig, preset
@@ -316,7 +317,7 @@ def test_prior_preservation_trains_beside_class_images_from_the_base_model(home)
     assert pp.status == "done"
     assert [e["done"] for e in events if e["type"] == "class_images"] == [1, 2, 3]
     made = list((home.cache / "class").rglob("*.png"))
-    assert len(made) == 3 and all(Image.open(p).size == (64, 64) for p in made)
+    assert len(made) == 3 and all(Image.open(p).size == (DEMO_SIZE, DEMO_SIZE) for p in made)
     # the class loss is part of every step's loss
     a = dict(store.losses(plain.run_id))
     b = dict(store.losses(pp.run_id))

@@ -200,3 +200,10 @@ def test_the_generate_page_offers_each_runs_best_checkpoint(qtbot, compared_home
     page.restore(state)  # a saved LoRA that is no longer a run's pick stays choosable as a file
     assert page.lora.currentData() == state["lora"] and page.lora.currentText().startswith("file: ")
     w.close()
+
+
+def test_cells_of_another_comparison_do_not_land_in_the_one_on_screen(page):
+    shown = page.comparison["id"]
+    before = dict(page.comparison["cells"])
+    page.set_cell(0, 0, 999, "/nowhere.png", comparison_id=shown + 100)
+    assert page.comparison["cells"] == before

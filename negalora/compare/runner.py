@@ -11,7 +11,7 @@ from negalora.compare import columns as cols
 from negalora.compare.grid import grid_png_bytes, render_grid
 from negalora.errors import Cancelled, NegaloraError
 from negalora.generate import GenerateRequest, Generator
-from negalora.lora_passes import BOTH, check_lora_passes
+from negalora.lora_passes import DEFAULT, check_lora_passes
 from negalora.pngmeta import png_bytes
 from negalora.recipe import Recipe
 from negalora.schedulers import DEFAULT_SCHEDULER
@@ -36,7 +36,7 @@ class CompareRequest:
     scales: tuple[float, ...] = DEFAULT_SCALES
     token: str = "wrong"
     base_negative: str = ""  # the artist's own negative prompt, kept in every column
-    lora_passes: str = BOTH
+    lora_passes: str = DEFAULT
     extra_column: bool = True  # three-way: a fourth column with the LoRA on the other passes
     steps: int = 25
     guidance: float = 7.0
@@ -98,6 +98,20 @@ def fill_from_prompt_set(store: Store, request: CompareRequest) -> CompareReques
     ps = store.prompt_set(request.prompt_set)
     settings = {k: v for k, v in ps["settings"].items() if k in ("steps", "guidance", "token", "base_negative")}
     return replace(request, prompts=tuple(ps["prompts"]), seeds=tuple(ps["seeds"]), **settings)
+
+
+def _check_base_model(store: Store, source: LoraSource, generator: Generator) -> None:
+    """A run's LoRA is compared on the model it was trained on, or not at all."""
+    if not source.run_id:
+        return
+    row = store.db.execute(
+        "SELECT m.name, m.hash FROM runs r JOIN models m ON m.id = r.model_id WHERE r.id = ?", [source.run_id]
+    ).fetchone()
+    if row and row[1] != generator.model.sha256:
+        raise NegaloraError(
+            f"run {source.run_id} was trained on model {row[0]} ({row[1][:10]}); "
+            f"the loaded model is {generator.model.name} ({generator.model.sha256[:10]})"
+        )
 
 
 def make_columns(request: CompareRequest, source: LoraSource) -> list[cols.Column]:
@@ -193,6 +207,7 @@ def run_comparison(
     request = fill_from_prompt_set(store, request)
     check_compare_request(request)
     source = resolve_lora(store, request.lora, request.step)
+    _check_base_model(store, source, generator)
     columns = make_columns(request, source)
     rows = [(p, s) for p in request.prompts for s in request.seeds]
     if len(rows) * len(columns) > MAX_CELLS:
@@ -240,6 +255,9 @@ def run_comparison(
         result.status = "cancelled"
         store.finish_comparison(comparison_id, "cancelled")
         return result
+    except BaseException:
+        store.finish_comparison(comparison_id, "failed")  # never left "running"
+        raise
     grid, factor = render_grid(images, [c.label for c in columns], rows)
     description = {
         "comparison": comparison_id,

@@ -30,6 +30,7 @@ class WinRate:
     wins: int  # a won
     losses: int
     ties: int
+    lora_hash: str = ""  # a LoRA file's votes (no run) are kept apart by its hash
 
     @property
     def n(self) -> int:
@@ -45,7 +46,10 @@ class WinRate:
 
     def describe(self) -> str:
         lo, hi = self.interval
-        where = f"run {self.run_id}" + (f" step {self.step}" if self.step is not None else "") if self.run_id else ""
+        if self.run_id:
+            where = f"run {self.run_id}" + (f" step {self.step}" if self.step is not None else "")
+        else:
+            where = f"LoRA {self.lora_hash[:10]}" if self.lora_hash else ""
         return (
             f"{self.a_label} beats {self.b_label} {self.rate:.0%} (95% CI {lo:.0%}–{hi:.0%}; "
             f"{self.wins} wins, {self.losses} losses, {self.ties} ties){' · ' + where if where else ''}"
@@ -58,6 +62,7 @@ class WinRate:
             "b_label": self.b_label,
             "run_id": self.run_id,
             "step": self.step,
+            "lora_hash": self.lora_hash,
             "wins": self.wins,
             "losses": self.losses,
             "ties": self.ties,
@@ -69,15 +74,16 @@ class WinRate:
 
 
 def win_rates(votes: list[dict]) -> list[WinRate]:
-    """One WinRate per (run, checkpoint, contender, baseline), from stored ``votes`` rows."""
+    """One WinRate per (run and checkpoint, or LoRA file; contender; baseline), from stored ``votes`` rows."""
     groups: dict[tuple, list[int]] = {}
     for v in votes:
-        key = (v["run_id"], v["step"], v["a_label"], v["b_label"])
+        lora = "" if v["run_id"] else v.get("lora_hash", "")
+        key = (v["run_id"], v["step"], lora, v["a_label"], v["b_label"])
         tally = groups.setdefault(key, [0, 0, 0])
         tally[{"a": 0, "b": 1, "tie": 2}[v["outcome"]]] += 1
     return [
-        WinRate(a_label=a, b_label=b, run_id=run, step=step, wins=w, losses=lo, ties=t)
-        for (run, step, a, b), (w, lo, t) in groups.items()
+        WinRate(a_label=a, b_label=b, run_id=run, step=step, wins=w, losses=lo, ties=t, lora_hash=lora)
+        for (run, step, lora, a, b), (w, lo, t) in groups.items()
     ]
 
 

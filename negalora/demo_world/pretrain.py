@@ -286,6 +286,8 @@ def save_fp16(pipe, out: Path, info: dict) -> None:
         pipe.to(torch.float16)
         pipe.save_pretrained(tmp, safe_serialization=True)
         pipe.to(torch.float32)
+        for name in ("tokenizer", "tokenizer_2"):  # rebuilt from resources/clip_tokenizer when the demo is set up
+            shutil.rmtree(tmp / name)
         (tmp / "negalora_demo.json").write_text(json.dumps(info, indent=2, sort_keys=True))
         if out.exists():
             shutil.rmtree(out)

@@ -135,8 +135,9 @@ class EvaluationTables:
 
     def set_best_step(self, run_id: str, step: int | None) -> None:
         self.run(run_id)  # a clear error for an unknown run
-        if step is not None and not any(c["step"] == step for c in self.checkpoints(run_id, include_removed=True)):
-            raise NegaloraError(f"run {run_id}: has no checkpoint at step {step}")
+        if step is not None and not any(c["step"] == step for c in self.checkpoints(run_id)):
+            kept = ", ".join(str(c["step"]) for c in self.checkpoints(run_id)) or "none"
+            raise NegaloraError(f"run {run_id}: has no checkpoint at step {step} (kept: {kept})")
         with self._write():
             self.db["runs"].update(run_id, {"best_step": step})
 
@@ -182,9 +183,14 @@ class EvaluationTables:
             )
 
     def votes(self, run_id: str | None = None) -> list[dict]:
+        """Votes with the LoRA hash of their comparison (which tells LoRA files apart)."""
+        sql = (
+            "SELECT v.*, COALESCE(c.lora_hash, '') AS lora_hash FROM votes v "
+            "LEFT JOIN comparisons c ON c.id = v.comparison_id"
+        )
         if run_id is None:
-            return list(self.db.query("SELECT * FROM votes ORDER BY id"))
-        return list(self.db.query("SELECT * FROM votes WHERE run_id = ? ORDER BY id", [run_id]))
+            return list(self.db.query(sql + " ORDER BY v.id"))
+        return list(self.db.query(sql + " WHERE v.run_id = ? ORDER BY v.id", [run_id]))
 
     # -- exports --------------------------------------------------------------------------
 

@@ -69,9 +69,12 @@ def _distributed_state(model: LoadedModel):
     this process trains alone, so a single run never starts a process group."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    return PartialState(cpu=model.placement.device.type == "cpu")
+    # The others wait while the main process caches latents or renders validation images: give them time.
+    return PartialState(cpu=model.placement.device.type == "cpu", timeout=timedelta(hours=2))
 
 
 def _mixed_precision(config: TrainConfig, device: torch.device) -> str:
@@ -121,8 +124,32 @@ class Trainer:
         if self._main:
             self.on_event(event)
 
-    def _main_first(self):
-        return self._dist.main_process_first() if self._dist is not None else nullcontext()
+    def _agree(self, flag: bool) -> bool:
+        """True on every process when the flag is set on any (a collective: all must call it)."""
+        if self._dist is None:
+            return flag
+        from accelerate.utils import reduce
+
+        return bool(reduce(torch.tensor([float(flag)], device=self._dist.device), reduction="sum").item() > 0)
+
+    def _main_first(self, work: Callable):
+        """Run ``work`` on the main process first (it fills the caches), then on the others. A failure
+        on the main process stops them all instead of leaving them at a barrier."""
+        if self._dist is None:
+            return work()
+        result, error = None, None
+        if self._main:
+            try:
+                result = work()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others are told
+                error = exc
+        if self._agree(error is not None):
+            if error is not None:
+                raise error
+            raise NegaloraError("the main process stopped while preparing the training images")
+        if not self._main:
+            result = work()
+        return result
 
     # -- public ---------------------------------------------------------------------------
 
@@ -398,8 +425,7 @@ class Trainer:
                 f"{'resume at step ' + str(start_step) if start_step else 'start'} on {device} ({mixed})"
                 + (f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""),
             )
-            with self._main_first():  # the main process fills the caches; the others then read them
-                samples, class_samples, text = self._prepare_samples(config, images)
+            samples, class_samples, text = self._main_first(lambda: self._prepare_samples(config, images))
             # What no longer changes leaves the GPU while the LoRA trains.
             _move(pipe, self._frozen, "cpu")
             unet.to(device, dtype=weight_dtype)
@@ -587,11 +613,17 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
 
     def _checkpoint(self, run_id, config, accelerator, unet, optimizer, step: int) -> None:
-        if step <= 0 or any(c["step"] == step for c in self.store.checkpoints(run_id)):
+        if step <= 0:
             return
-        if self._main:
-            self._write_checkpoint(run_id, config, accelerator, unet, optimizer, step)
-        accelerator.wait_for_everyone()  # no process runs ahead while the main one writes
+        # The main process decides for all: each reading the database could see its new row or not.
+        exists = self._main and any(c["step"] == step for c in self.store.checkpoints(run_id))
+        if self._agree(exists):
+            return
+        try:
+            if self._main:
+                self._write_checkpoint(run_id, config, accelerator, unet, optimizer, step)
+        finally:
+            accelerator.wait_for_everyone()  # no process runs ahead while the main one writes
 
     def _write_checkpoint(self, run_id, config, accelerator, unet, optimizer, step: int) -> None:
         run_dir = self.home.runs / run_id
@@ -616,7 +648,10 @@ class Trainer:
         if config.keep_last <= 0:
             return
         kept = self.store.checkpoints(run_id)
+        best = self.store.run(run_id).get("best_step")
         for old in kept[: -config.keep_last]:
+            if old["step"] == best:
+                continue  # the artist chose it: keep-last-K never removes it
             Path(old["path"]).unlink(missing_ok=True)
             _state_path(Path(old["path"])).unlink(missing_ok=True)
             self.store.mark_checkpoint_removed(run_id, old["step"])

@@ -102,10 +102,12 @@ class BlindVoteDialog(QDialog):
             button.setEnabled(False)
         self.question.setText("Done: the labels were")
         self.counter.setText("")
+        lora = "" if self.run_id else self.comparison.get("lora_hash", "")
         rates = [
             w
             for w in win_rates(self.store.votes(self.run_id) if self.run_id else self.store.votes())
-            if (w.a_label, w.b_label, w.step) == (self.a_label, self.b_label, self.step)
+            if (w.run_id, w.lora_hash, w.a_label, w.b_label, w.step)
+            == (self.run_id, lora, self.a_label, self.b_label, self.step)
         ]
         lines = [w.describe() for w in rates] or ["No pairs to vote on (the two columns are the same images)."]
         self.result.setText("\n".join(lines))

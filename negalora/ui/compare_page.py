@@ -33,7 +33,7 @@ from negalora.compare.prompt_sets import DEFAULT_SET, ensure_default_set
 from negalora.compare.runner import CHECKPOINT_SWEEP, DEFAULT_SCALES, SCALE_SWEEP, THREE_WAY
 from negalora.compare.votes import win_rates
 from negalora.errors import NegaloraError
-from negalora.lora_passes import BOTH, NEGATIVE
+from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
 from negalora.store import Store
 from negalora.ui.ab_viewer import ABViewer
 
@@ -102,6 +102,7 @@ class ComparePage(QWidget):
 
         # -- the test prompts
         self.prompt_set = QComboBox()
+        self.prompt_set.setEditable(True)  # type a new name, then Save set
         self.prompt_set.activated.connect(lambda _: self._load_set(self.prompt_set.currentText()))
         self.save_set = QPushButton("Save set")
         self.save_set.clicked.connect(self._save_set)
@@ -129,6 +130,7 @@ class ComparePage(QWidget):
         self.passes = QComboBox()
         for key, label in PASSES_LABELS.items():
             self.passes.addItem(label, key)
+        self.passes.setCurrentIndex(self.passes.findData(DEFAULT))
         self.passes.setToolTip(
             "Both: the LoRA acts on the positive and the negative pass, as in A1111 and ComfyUI.\n"
             "Negative pass only: it acts only where the negative prompt is drawn."
@@ -399,9 +401,9 @@ class ComparePage(QWidget):
         self.comparison = {"id": comparison_id, "columns": columns, "rows": rows, "cells": {}}
         self._build_table()
 
-    def set_cell(self, row: int, col: int, image_id: int, path: str) -> None:
-        if self.comparison is None:
-            return
+    def set_cell(self, row: int, col: int, image_id: int, path: str, comparison_id: int | None = None) -> None:
+        if self.comparison is None or (comparison_id is not None and comparison_id != self.comparison["id"]):
+            return  # a cell of the job while another comparison is on screen: it is in the store
         self.comparison["cells"][(row, col)] = (image_id, path)
         item = QTableWidgetItem()
         pixmap = QPixmap(path)

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from negalora.generate import MAX_SEED, GenerateRequest
-from negalora.lora_passes import BOTH, NEGATIVE
+from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
 from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from negalora.ui.prompt_highlighter import PromptHighlighter
 from negalora.wrong_set import DEFAULT_COUNT, wrong_set_requests
@@ -97,6 +97,7 @@ class GeneratePage(QWidget):
         self.lora_passes = QComboBox()
         self.lora_passes.addItem("both passes", BOTH)
         self.lora_passes.addItem("negative pass only", NEGATIVE)
+        self.lora_passes.setCurrentIndex(self.lora_passes.findData(DEFAULT))
         self.lora_passes.setToolTip(
             "Both: the LoRA acts on the positive and the negative pass, as in A1111 and ComfyUI.\n"
             "Negative pass only: it acts only where the negative prompt is drawn."

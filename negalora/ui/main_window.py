@@ -172,7 +172,7 @@ class MainWindow(QMainWindow):
         if self._compare_job is not None:
             self._message("A comparison is rendering; cancel it or wait for it to finish")
             return
-        self._compare_job = self.jobs.submit_compare(self.generate_page.model_spec(), request)
+        self._compare_job = self.jobs.submit_compare(self._base_model_for(request.get("lora", "")), request)
         self.compare_page.job_started()
         self._save_settings()
 
@@ -185,6 +185,13 @@ class MainWindow(QMainWindow):
                 chosen = next((c for c in kept if c["step"] == run.get("best_step")), kept[-1])
                 loras.append((f"{run['id']} · step {chosen['step']}", chosen["path"]))
         self.generate_page.set_loras(loras)
+
+    def _base_model_for(self, lora: str) -> str:
+        """A run's LoRA renders on the model the run was trained on; a LoRA file on the chosen model."""
+        row = self.store.db.execute(
+            "SELECT m.location FROM runs r JOIN models m ON m.id = r.model_id WHERE r.id = ?", [lora]
+        ).fetchone()
+        return row[0] if row else self.generate_page.model_spec()
 
     def _compare_after_training(self, run_id: str) -> None:
         """The artist sees the new LoRA's effect without asking: the test set, three ways."""
@@ -201,7 +208,7 @@ class MainWindow(QMainWindow):
         if kind == "comparison":
             page.begin_grid(msg["comparison"], msg["columns"], msg["rows"])
         elif kind == "cell":
-            page.set_cell(msg["row"], msg["col"], msg["image_id"], msg["path"])
+            page.set_cell(msg["row"], msg["col"], msg["image_id"], msg["path"], msg.get("comparison"))
             self.gallery_model.add_new(msg["image_id"])
         elif kind == "progress":
             page.job_progress(msg["image_index"], msg["image_total"], msg["step"], msg["steps"])

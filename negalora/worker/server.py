@@ -188,8 +188,10 @@ class WorkerServer:
         job = msg["job"]
         request = CompareRequest.from_dict(msg["compare"])
         ids: list[int] = []
+        planned_id: list[int] = []
 
         def planned(result) -> None:
+            planned_id.append(result.id)
             self.out.send({"type": "started", "job": job, "total": len(result.rows) * len(result.columns)})
             self.out.send(
                 {
@@ -216,12 +218,25 @@ class WorkerServer:
         def cell(row: int, col: int, stored) -> None:
             ids.append(stored.id)
             self.out.send(
-                {"type": "cell", "job": job, "row": row, "col": col, "image_id": stored.id, "path": str(stored.path)}
+                {
+                    "type": "cell",
+                    "job": job,
+                    "comparison": planned_id[0],
+                    "row": row,
+                    "col": col,
+                    "image_id": stored.id,
+                    "path": str(stored.path),
+                }
             )
 
-        result = run_comparison(
-            generator, store, request, on_progress=progress, cancel=token, on_cell=cell, on_planned=planned
-        )
+        try:
+            result = run_comparison(
+                generator, store, request, on_progress=progress, cancel=token, on_cell=cell, on_planned=planned
+            )
+        except NegaloraError as exc:
+            failed = {"type": "failed", "job": job, "kind": "bad_input", "error": str(exc)}
+            self.out.send({**failed, "comparison": planned_id[0]} if planned_id else failed)
+            return
         self.out.send(
             {
                 "type": "finished",
