@@ -22,14 +22,13 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from negalora.compare.grid import render_grid  # noqa: E402
-from negalora.demo_world.efficacy import EfficacyConfig, run_efficacy  # noqa: E402
+from negalora.demo_world.efficacy import EfficacyConfig, held_out_rows, run_efficacy  # noqa: E402
 from negalora.device import choose_placement  # noqa: E402
 from negalora.generate import Generator  # noqa: E402
 from negalora.home import Home  # noqa: E402
+from negalora.lora_passes import DEFAULT  # noqa: E402
 from negalora.models.loader import load_model  # noqa: E402
 from negalora.store import Store  # noqa: E402
-
-GRID_ROWS = 8
 
 
 def report_markdown(result, seconds: float, command: str, grid_name: str) -> str:
@@ -37,13 +36,16 @@ def report_markdown(result, seconds: float, command: str, grid_name: str) -> str
     lines = [
         "# Does the `wrong` LoRA make defects rarer? (demo model)",
         "",
-        f"Measured with `{command}` in {seconds / 60:.1f} minutes on the CPU. The demo model draws the shape",
-        "world (`negalora/demo_world`); about a third of its training images carry a defect that no",
-        "caption mentions (a duplicate shape, a shape cropped by the border, a dark scratch), so it makes",
-        "such defects too. The detectors stand in for the artist: they reject the defective images of a",
-        "session, the LoRA is trained on those rejects with negalora's trainer, and then held-out prompts",
-        "and seeds are rendered in every way the product can use the LoRA. Every column renders the same",
-        "prompt, seed and settings; only the negative token and the LoRA differ.",
+        f"Measured with `{command}` in {seconds / 60:.1f} minutes on the CPU.",
+        "",
+        "The demo model draws the shape world (`negalora/demo_world`); about a third of its training",
+        "images carry a defect that no caption mentions (a duplicate shape, a shape cropped by the",
+        "border, a dark scratch), so it makes such defects too. The detectors stand in for the artist:",
+        "they reject the defective images of a session (and any image with no shape at all), the LoRA is",
+        "trained on those rejects with negalora's trainer, and held-out prompts and seeds are rendered",
+        "in every way the product can use the LoRA. Every column renders the same prompts, seeds and",
+        "settings; only the negative token and the LoRA differ. Earlier, shorter probes are in",
+        "[efficacy_probes.md](efficacy_probes.md).",
         "",
         f"- Session: {result.session['images']} images, {result.session['rejected']} rejected "
         f"({', '.join(f'{k} {v}' for k, v in sorted(result.session['by_kind'].items()))}).",
@@ -54,41 +56,54 @@ def report_markdown(result, seconds: float, command: str, grid_name: str) -> str
         f"- Prompt adherence of the base model ({result.adherence['n']} images): colour "
         f"{result.adherence['colour']:.0%}, shape {result.adherence['shape']:.0%}.",
         "",
-        "| column | defect rate | 95% interval | defective / n | duplicate | cropped | scratch |",
-        "|---|---|---|---|---|---|---|",
+        "| column | defect rate | 95% interval | defective / n | duplicate | cropped | scratch | no shape "
+        "| colour as asked | shape as asked |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result.columns:
         lo, hi = c.interval
-        kinds = c.by_kind()
+        kinds, agree = c.by_kind(), c.summary()["adherence"]
         lines.append(
             f"| {c.label} | {c.rate:.1%} | {lo:.1%} – {hi:.1%} | {c.defective} / {c.n} | "
-            f"{kinds.get('duplicate', 0)} | {kinds.get('cropped', 0)} | {kinds.get('scratch', 0)} |"
+            f"{kinds.get('duplicate', 0)} | {kinds.get('cropped', 0)} | {kinds.get('scratch', 0)} | "
+            f"{kinds.get('missing', 0)} | {agree['colour']:.0%} | {agree['shape']:.0%} |"
         )
-    lines += ["", f"![The first rows of the held-out grid]({grid_name})", ""]
+    lines += ["", *verdict(result), "", f"![The first rows of the held-out grid]({grid_name})", ""]
     return "\n".join(lines)
+
+
+def verdict(result) -> list[str]:
+    """What the table says, computed from it: the best way, the default way against base, the goal."""
+    base = result.column("base")
+    default = [c for c in result.columns if c.key == f"lora_{DEFAULT}_plain"][0]
+    loras = [c for c in result.columns if c.key.startswith("lora_")]
+    best = min(loras, key=lambda c: c.rate)
+    change = (default.rate - base.rate) / base.rate if base.rate else 0.0
+    apart = default.interval[1] < base.interval[0]
+    goal = change <= -0.4 and apart and base.rate >= 0.10
+    return [
+        f"- Fewest defects of the LoRA ways: **{best.label}** ({best.rate:.1%}).",
+        f"- The product's default way ({default.label}) against base: {change:+.0%} relative; "
+        f"the 95% intervals {'do not overlap' if apart else 'overlap'}.",
+        f"- Goal (base at least 10%, the default way at least 40% below it, intervals apart): "
+        f"**{'met' if goal else 'not met'}**.",
+    ]
 
 
 def sample_grid(result) -> Image.Image:
     cols = result.columns
-    cells = [[Image.open(c.image_paths[r]) for c in cols] for r in range(min(GRID_ROWS, cols[0].n))]
-    prompts = [p for p in _row_prompts(result)][: len(cells)]
-    grid, _ = render_grid(cells, [c.label for c in cols], prompts)
+    n = min(len(c.images) for c in cols)
+    cells = [[c.images[r] for c in cols] for r in range(n)]
+    rows = held_out_rows(result.config)[:n]
+    grid, _ = render_grid(cells, [c.label for c in cols], rows)
     return grid
-
-
-def _row_prompts(result):
-    from negalora.demo_world.efficacy import held_out_prompts
-
-    cfg = result.config
-    prompts = held_out_prompts(cfg.held_out_prompts, cfg.held_out_seed)
-    return [(p, cfg.held_out_seed + k) for p in prompts for k in range(cfg.held_out_seeds)]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small version (a few minutes)")
-    parser.add_argument("--session", type=int, help="session images (default 320)")
-    parser.add_argument("--prompts", type=int, help="held-out prompts (default 80; x 5 seeds)")
+    parser.add_argument("--session", type=int, help="session images (default 1000)")
+    parser.add_argument("--prompts", type=int, help="held-out prompts (default 200; x 5 seeds)")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--train-steps", type=int)
     parser.add_argument("--rank", type=int)
@@ -101,7 +116,7 @@ def main() -> int:
     cfg = EfficacyConfig()
     if args.quick:
         cfg = EfficacyConfig(
-            session_images=96, held_out_prompts=24, held_out_seeds=2, train={**cfg.train, "steps": 150}
+            session_images=320, held_out_prompts=40, held_out_seeds=5, train={**cfg.train, "steps": 400}
         )
     train = dict(cfg.train)
     for key, value in (("lr", args.lr), ("steps", args.train_steps), ("rank", args.rank)):

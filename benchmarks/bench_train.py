@@ -1,6 +1,6 @@
 """Seconds per training step: negalora's trainer against a reference loop that does per step what
 diffusers' ``train_dreambooth_lora_sdxl.py`` does (VAE-encode every batch, text embeddings
-precomputed). Same demo model, images, batch, resolution (the demo's native 64 px), rank and
+precomputed). Same demo model, images, batch, resolution (the demo model's native size), rank and
 optimizer, in one run. Target: negalora <= 0.8x the reference's time per step. Also prints the
 peak RSS.
 
@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from negalora.device import choose_placement  # noqa: E402
 from negalora.home import Home  # noqa: E402
+from negalora.models.demo import DEMO_SIZE  # noqa: E402
 from negalora.models.loader import load_model  # noqa: E402
 from negalora.store import Store  # noqa: E402
 from negalora.train.buckets import prepare  # noqa: E402
@@ -41,12 +42,12 @@ def make_rejects(home: Home, n: int) -> list[Path]:
     store = Store(home)
     paths, ids = [], []
     for i in range(n):
-        im = Image.new("RGB", (64, 64), COLORS[(i + 3) % 8])
+        im = Image.new("RGB", (DEMO_SIZE, DEMO_SIZE), COLORS[(i + 3) % 8])
         ImageDraw.Draw(im).rectangle((8 + i, 10, 40, 50), fill=COLORS[i % 8])
         path = home.root / f"reject{i}.png"
         im.save(path)
         paths.append(path)
-        ids.append(store.add_imported(path.read_bytes(), ".png", 64, 64, path.name).id)
+        ids.append(store.add_imported(path.read_bytes(), ".png", DEMO_SIZE, DEMO_SIZE, path.name).id)
     store.rate(ids, "reject")
     store.close()
     return paths
@@ -74,8 +75,8 @@ def time_reference(home: Home, paths: list[Path], config: TrainConfig) -> list[f
     model = load_model("demo", home, choose_placement("cpu"))
     pipe = model.pipe
     unet, vae = pipe.unet, pipe.vae
-    pixels = torch.stack([prepare(Image.open(p).convert("RGB"), (64, 64)).pixels for p in paths])
-    time_ids = torch.stack([prepare(Image.open(p).convert("RGB"), (64, 64)).time_ids() for p in paths])
+    pixels = torch.stack([prepare(Image.open(p).convert("RGB"), (DEMO_SIZE, DEMO_SIZE)).pixels for p in paths])
+    time_ids = torch.stack([prepare(Image.open(p).convert("RGB"), (DEMO_SIZE, DEMO_SIZE)).time_ids() for p in paths])
     with torch.no_grad():
         embeds, _, pooled, _ = pipe.encode_prompt(config.token, device="cpu", do_classifier_free_guidance=False)
     torch.manual_seed(config.seed)
@@ -141,7 +142,7 @@ def main() -> int:
     result = {
         "steps": args.steps,
         "batch": args.batch,
-        "resolution": 64,
+        "resolution": DEMO_SIZE,
         "negalora_s_per_step": ours_s,
         "reference_s_per_step": ref_s,
         "ratio": ratio,
@@ -154,7 +155,7 @@ def main() -> int:
         print(json.dumps(result, indent=2))
     else:
         print(
-            f"demo model, 64 px, batch {args.batch}, rank 4, {args.steps} steps (median after {skip})\n"
+            f"demo model, {DEMO_SIZE} px, batch {args.batch}, rank 4, {args.steps} steps (median after {skip})\n"
             f"reference (VAE encode every step): {ref_s * 1000:.1f} ms/step\n"
             f"negalora (cached latents):         {ours_s * 1000:.1f} ms/step\n"
             f"ratio {ratio:.2f} (target <= {TARGET}) {'OK' if result['ok'] else 'OVER TARGET'}\n"

@@ -327,6 +327,57 @@ class Generator:
             )
         return Image.fromarray((array.clip(0, 1) * 255).round().astype(np.uint8))
 
+    @torch.no_grad()
+    def render_batch(self, recipes: list[Recipe], cancel: CancelToken | None = None) -> list[Image.Image]:
+        """Several recipes that differ only in prompt, negative and seed, in one pipeline call (A1111's
+        "batch size"). Many times faster than one by one for a small model on the CPU; each image
+        keeps its own seed's noise, but may differ in the last bit from a one-image render, so
+        regenerating it is exact only within 1/255."""
+        if not recipes:
+            return []
+        first = recipes[0]
+        shared = ("steps", "guidance", "width", "height", "scheduler", "lora_hash", "lora_scale", "lora_passes")
+        for r in recipes[1:]:
+            differ = [k for k in shared if getattr(r, k) != getattr(first, k)]
+            if differ:
+                raise NegaloraError(f"one batch must share its settings; these differ: {', '.join(differ)}")
+        if first.refiner and self.model.refiner is not None:
+            raise NegaloraError("a batch cannot use the refiner; render those one by one")
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        pipe = self.model.pipe
+        pipe.scheduler = self._scheduler(first.scheduler)
+        self._apply_lora(first)
+        negative_only = bool(first.lora_path) and first.lora_passes == NEGATIVE
+        conds = [
+            self._split_conditioning(r) if negative_only else self._conditioner.encode(r.prompt, r.negative)
+            for r in recipes
+        ]
+        if len({c.embeds.shape for c in conds}) > 1:
+            raise NegaloraError("prompts of different token lengths cannot share a batch")
+        kwargs = {key: torch.cat([c.pipeline_kwargs()[key] for c in conds]) for key in conds[0].pipeline_kwargs()}
+
+        def step_end(_pipe, _i, _t, kw):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            return kw
+
+        with self._unet_passes(negative_only, first.guidance):
+            out = pipe(
+                **kwargs,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                width=first.width,
+                height=first.height,
+                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in recipes],
+                callback_on_step_end=step_end,
+                output_type="np",
+            ).images
+        array = np.asarray(out)
+        if not np.isfinite(array).all():
+            raise NegaloraError("the model produced NaN pixels (an fp16 VAE overflow?)")
+        return [Image.fromarray((a.clip(0, 1) * 255).round().astype(np.uint8)) for a in array]
+
     def run(
         self,
         request: GenerateRequest,

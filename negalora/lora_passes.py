@@ -15,8 +15,10 @@ import torch
 BOTH = "both"
 NEGATIVE = "negative"
 LORA_PASSES = (BOTH, NEGATIVE)
-# How the product applies a LoRA unless told otherwise (generation, comparisons, export notes).
-DEFAULT = BOTH
+# How the product applies a LoRA unless told otherwise (generation, comparisons, export notes): on
+# the demo world the negative pass alone cut defects where both passes leaked them into the
+# positive pass and lost prompt adherence (docs/efficacy.md).
+DEFAULT = NEGATIVE
 DESCRIPTIONS = {
     BOTH: "both guidance passes (as A1111, ComfyUI and diffusers apply a LoRA)",
     NEGATIVE: "the negative (unconditional) pass only",

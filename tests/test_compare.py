@@ -65,7 +65,9 @@ def test_three_way_columns_equal_direct_diffusers_calls(generator, store, fresh_
     result = run_comparison(
         generator,
         store,
-        CompareRequest(prompts=("a red circle",), seeds=(3, 4), lora=str(lora_file), scale=0.75, steps=STEPS),
+        CompareRequest(
+            prompts=("a red circle",), seeds=(3, 4), lora=str(lora_file), scale=0.75, steps=STEPS, lora_passes="both"
+        ),
     )
     assert result.status == "done"
     assert [c.key for c in result.columns] == ["base", "negative", "lora", "lora_negative"]
@@ -127,7 +129,9 @@ def test_negative_pass_column_matches_a_hand_written_guidance_loop(generator, st
     result = run_comparison(
         generator,
         store,
-        CompareRequest(prompts=("a blue square",), seeds=(11,), lora=str(lora_file), scale=1.0, steps=STEPS),
+        CompareRequest(
+            prompts=("a blue square",), seeds=(11,), lora=str(lora_file), scale=1.0, steps=STEPS, lora_passes="both"
+        ),
     )
     ours = _pixels(result.cells[0][3].path)
     assert result.columns[3].lora_passes == "negative"
@@ -149,8 +153,8 @@ def test_grid_layout_metadata_and_store_rows(generator, store, lora_file):
     assert [c["label"] for c in description["columns"]] == [
         "base",
         "negative: wrong",
-        "LoRA 1 + negative",
-        "LoRA 1 on negative pass",
+        "LoRA 1 on negative pass",  # the product's default way
+        "LoRA 1 + negative (both passes)",
     ]
     assert [(r["prompt"], r["seed"]) for r in description["rows"]] == [
         ("a red circle", 1),
@@ -203,7 +207,11 @@ def test_scale_sweep_loads_the_lora_once_and_scale_zero_is_negative_only(generat
         ),
     )
     assert len(loads) == 1
-    assert [c.label for c in sweep.columns] == ["scale 0", "scale 0.5", "scale 1"]
+    assert [c.label for c in sweep.columns] == [
+        "scale 0 (negative pass)",
+        "scale 0.5 (negative pass)",
+        "scale 1 (negative pass)",
+    ]
     plain = run_comparison(
         generator,
         store,
@@ -240,7 +248,11 @@ def test_checkpoint_sweep_and_best_checkpoint(generator, store, tmp_path, fresh_
             prompts=("a cat",), seeds=(1,), kind="checkpoint_sweep", lora=run, checkpoint_steps=(10, 30), steps=3
         ),
     )
-    assert [c.label for c in result.columns] == ["negative: wrong", "step 10", "step 30"]
+    assert [c.label for c in result.columns] == [
+        "negative: wrong",
+        "step 10 (negative pass)",
+        "step 30 (negative pass)",
+    ]
     paths = [json.loads(Image.open(s.path).text["negalora"])["lora_path"] for s in result.cells[0]]
     assert (
         paths[0] == "" and paths[1].endswith("step-000010.safetensors") and paths[2].endswith("step-000030.safetensors")

@@ -14,7 +14,7 @@ def test_compare_json_lists_every_cell_and_writes_the_grid(cli, home, demo_model
             "--home", home.root, "--json")  # fmt: skip
     assert r.code == 0, r.err
     data = r.json
-    assert [c["key"] for c in data["columns"]] == ["base", "negative", "lora", "lora_negative"]
+    assert [c["key"] for c in data["columns"]] == ["base", "negative", "lora", "lora_both"]
     assert len(data["cells"]) == 2 * 2 * 4
     assert all(Path(c["path"]).is_file() for c in data["cells"])
     for row in range(4):

@@ -161,7 +161,10 @@ def test_detectors_and_classifier_at_64_pixels():
 
 def test_plain_images_and_arrays():
     blank = Image.new("RGB", (32, 32), PALETTE["green"])
-    assert detect_defects(blank) == set() and not is_defective(np.asarray(blank))
+    assert detect_defects(blank) == {"missing"} and is_defective(np.asarray(blank))  # no shape drawn
+    speck = blank.copy()
+    speck.putpixel((16, 16), PALETTE["red"])  # a speck is no shape either
+    assert detect_defects(speck) == {"missing"}
     assert classify(blank) == Classification(None, None, "green")
     assert agrees(classify(blank), "a red circle on a green background") == (False, False)
     sample = make_sample(21)

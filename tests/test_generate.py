@@ -150,3 +150,18 @@ def test_a_model_file_given_as_lora_is_refused(generator, demo_model, tmp_path):
     save_file({"conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(2)}, str(fake))
     with pytest.raises(NegaloraError, match="not a LoRA"):
         generator.plan(GenerateRequest(prompts=("a",), lora=str(fake)))
+
+
+def test_a_batch_renders_each_seed_as_a_single_render_does(generator):
+    recipes = generator.plan(
+        GenerateRequest(prompts=("a red circle", "a blue square on a white background"), count=2, seed=40, steps=4)
+    )
+    batch = generator.render_batch(recipes)
+    assert len(batch) == 4
+    for recipe, image in zip(recipes, batch, strict=True):
+        single = _pixels(generator.render(recipe))
+        assert np.abs(_pixels(image) - single).max() <= 2  # same noise; only the last bits may differ
+    assert np.abs(_pixels(batch[0]) - _pixels(batch[1])).max() > 5  # each image its own seed
+    mixed = [recipes[0], generator.plan(GenerateRequest(prompts=("a",), steps=5))[0]]
+    with pytest.raises(NegaloraError, match="differ: steps"):
+        generator.render_batch(mixed)

@@ -87,7 +87,14 @@ def test_a_50_step_run_logs_every_loss_and_its_lora_works(home):
     pipe.unload_lora_weights()
     assert np.abs(after - before).max() > 0
     with_lora = gen.plan(
-        GenerateRequest(prompts=("a red circle",), negative="wrong", seed=5, steps=6, lora=result.checkpoints[-1])
+        GenerateRequest(
+            prompts=("a red circle",),
+            negative="wrong",
+            seed=5,
+            steps=6,
+            lora=result.checkpoints[-1],
+            lora_passes="both",  # as load_lora_weights applies it
+        )
     )[0]
     assert np.array_equal(np.asarray(gen.render(with_lora), dtype=np.int16), after)
     store.close()
@@ -417,4 +424,30 @@ def test_a_damaged_latent_cache_file_is_recomputed(home):
         f.write_bytes(b"damaged")
     again = Trainer(home, store, model).start(_config(steps=1, checkpoint_every=1, validation_steps=0))
     assert again.status == "done"
+    store.close()
+
+
+def test_the_optimiser_options_train_with_finite_losses(home):
+    """Cosine with warmup, accumulation, min-SNR, noise offset, flips, the feed-forward layers and
+    gradient checkpointing together: a short run finishes, every step logged and finite."""
+    store = _seed_rejects(home, 4)
+    config = _config(
+        steps=6,
+        lr_schedule="cosine",
+        warmup_steps=2,
+        grad_accum=2,
+        min_snr_gamma=5.0,
+        noise_offset=0.05,
+        flip=True,
+        feed_forward=True,
+        gradient_checkpointing=True,
+        checkpoint_every=6,
+        validation_prompts=(),
+    )
+    result = Trainer(home, store, _model(home)).start(config)
+    assert result.status == "done" and result.steps_done == 6
+    losses = store.losses(result.run_id)
+    assert [s for s, _ in losses] == list(range(1, 7)) and all(np.isfinite(v) for _, v in losses)
+    keys = load_file(result.checkpoints[-1]).keys()
+    assert any(".ff.net." in k for k in keys) and any(".attn1.to_q." in k for k in keys)
     store.close()

@@ -62,7 +62,7 @@ def test_page_opens_on_the_newest_comparison_with_every_cell(page, compared_home
     assert page.grid.horizontalHeaderItem(0).text() == "base"
     assert "seed 3" in page.grid.verticalHeaderItem(2).text()
     # A/B defaults to LoRA + negative against negative only, in the viewer
-    assert page.a_column.currentText() == "LoRA 1 + negative" and page.b_column.currentText() == "negative: wrong"
+    assert page.a_column.currentText() == "LoRA 1 on negative pass" and page.b_column.currentText() == "negative: wrong"
     page.grid.setCurrentCell(4, 0)
     cells = page.comparison["cells"]
     assert page.viewer.grab().toImage().width() > 0
@@ -76,12 +76,13 @@ def test_request_from_the_page(page):
     page.seeds.setText("1, 5-7")
     page.kind.setCurrentIndex(page.kind.findData("scale_sweep"))
     page.scales.setText("0, 0.5, 1")
-    page.passes.setCurrentIndex(page.passes.findData("negative"))
+    assert page.passes.currentData() == "negative"  # the product's default
+    page.passes.setCurrentIndex(page.passes.findData("both"))
     request = CompareRequest.from_dict(page.request())
     assert request.prompts == ("a red circle", "a cat")
     assert request.seeds == (1, 5, 6, 7)
     assert (request.kind, request.scales, request.lora, request.step) == ("scale_sweep", (0.0, 0.5, 1.0), RUN, 30)
-    assert request.lora_passes == "negative"
+    assert request.lora_passes == "both"
     seen = []
     page.render.connect(seen.append)
     page.seeds.setText("1, x")
@@ -138,7 +139,9 @@ def test_blind_vote_with_the_keyboard(qtbot, store, compared_home):
     expected = ["a" if a_left else "b" for a_left in sides[:4]] + ["tie", "b" if sides[5] else "a"]
     assert [r["outcome"] for r in rows] == expected
     assert [bool(r["a_on_left"]) for r in rows] == sides  # the order shown is stored
-    assert {(r["a_label"], r["b_label"], r["step"]) for r in rows} == {("LoRA 1 + negative", "negative: wrong", 30)}
+    assert {(r["a_label"], r["b_label"], r["step"]) for r in rows} == {
+        ("LoRA 1 on negative pass", "negative: wrong", 30)
+    }
     assert "beats negative: wrong" in dialog.result.text() and "95% CI" in dialog.result.text()
     qtbot.keyClick(dialog, Qt.Key.Key_Left)  # nothing left to vote on
     assert len(store.votes(RUN)) == before + 6
@@ -189,10 +192,11 @@ def test_the_generate_page_offers_each_runs_best_checkpoint(qtbot, compared_home
     assert labels == ["None", f"{RUN} · step 20", "Choose a LoRA file…"]
     page.lora.setCurrentIndex(1)
     page.lora_scale.setValue(0.5)
-    page.lora_passes.setCurrentIndex(page.lora_passes.findData("negative"))
+    assert page.lora_passes.currentData() == "negative"  # the product's default
+    page.lora_passes.setCurrentIndex(page.lora_passes.findData("both"))
     request = page.build_request()
     assert request.lora.endswith("step-000020.safetensors") and request.lora_scale == 0.5
-    assert request.lora_passes == "negative"
+    assert request.lora_passes == "both"
     state = page.state()
     store.set_best_step(RUN, None)
     w._refresh_loras()

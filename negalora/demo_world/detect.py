@@ -7,6 +7,9 @@ from negalora.demo_world.scene import Scene, analyse
 BLOB_SHARE = 0.3  # a second blob counts as a shape when at least this share of the largest one
 BLOB_MIN = 0.1  # ... and at least (0.1 S)^2 pixels: specks of noise are not shapes
 BORDER_SHARE = 0.2  # cropped: the blob runs along a border for this share of its bounding box
+# Not a defect of the world (its images always show their shape) but of a model: the prompt's shape
+# is not drawn at all. An artist rejects that image too.
+MISSING = "missing"
 
 
 def _duplicate(scene: Scene) -> bool:
@@ -25,9 +28,16 @@ def _cropped(scene: Scene) -> bool:
     return any(edge.sum() >= max(2, BORDER_SHARE * extent) for edge, extent in along)
 
 
+def _missing(scene: Scene) -> bool:
+    return not any(int(blob.sum()) >= (BLOB_MIN * scene.size) ** 2 for blob in scene.blobs)
+
+
 def detect_defects(image) -> set[str]:
-    """The defects seen in ``image`` (a PIL image or an RGB array): a subset of DEFECTS."""
+    """The defects seen in ``image`` (a PIL image or an RGB array): a subset of DEFECTS, or
+    {MISSING} when no shape is drawn at all."""
     scene = analyse(image)
+    if _missing(scene):
+        return {MISSING, "scratch"} if scene.scratch.any() else {MISSING}
     found = set()
     if scene.scratch.any():
         found.add("scratch")

@@ -45,6 +45,13 @@ image = pipe("a photo of a cat", negative_prompt="{token}", guidance_scale=7.0).
 ```
 
 `pipe.set_adapters(...)` or `cross_attention_kwargs={{"scale": 0.8}}` changes the strength.
+
+**Negative pass only (negalora's default).** A1111, ComfyUI and diffusers apply a LoRA to both
+guidance passes. negalora applies it by default only where the negative prompt is drawn (the
+unconditional pass): there the LoRA's `{token}` pulls the image away from the rejects without
+changing how the positive prompt is drawn. On negalora's demo world this did better than both
+passes, which leaked the defects into the positive pass (`docs/efficacy.md`). In negalora:
+`negalora generate "..." --negative {token} --lora {file_name} --lora-passes negative`.
 """
 
 

@@ -19,6 +19,7 @@ from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError
 from negalora.export.source import ExportSource
 from negalora.generate import LORA_ADAPTER, GenerateRequest, Generator
+from negalora.lora_passes import BOTH
 
 CHECK_ADAPTER = "negalora_export_check"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -124,6 +125,7 @@ def verify_export(
         height=size,
         lora=str(source.path),
         lora_scale=scale,
+        lora_passes=BOTH,  # as diffusers' load_lora_weights applies it, which is what is checked here
         use_refiner=False,  # the LoRA is on the base model; the refiner would only add time
     )
     recipe = generator.plan(request)[0]
