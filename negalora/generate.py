@@ -103,6 +103,20 @@ class _LoraState:
     sha256: str = ""
 
 
+def _negative_only(recipe: Recipe) -> bool:
+    return bool(recipe.lora_path) and recipe.lora_passes == NEGATIVE
+
+
+def _to_images(out) -> list[Image.Image]:
+    """The pipeline's float pixels as 8-bit images; NaN pixels are refused, never stored."""
+    array = np.asarray(out)
+    if not np.isfinite(array).all():
+        raise NegaloraError(
+            "the model produced NaN pixels (an fp16 VAE overflow?); try --device cpu or an fp16-fix VAE"
+        )
+    return [Image.fromarray((a.clip(0, 1) * 255).round().astype(np.uint8)) for a in array]
+
+
 @dataclass
 class Generator:
     """Renders recipes on one loaded model. Not thread-safe: one job at a time."""
@@ -219,6 +233,11 @@ class Generator:
             self._lora = _LoraState(recipe.lora_path, recipe.lora_hash)
         pipe.set_adapters([LORA_ADAPTER], adapter_weights=[recipe.lora_scale])
 
+    def _conditioning(self, recipe: Recipe) -> Conditioning:
+        if _negative_only(recipe):
+            return self._split_conditioning(recipe)
+        return self._conditioner.encode(recipe.prompt, recipe.negative)
+
     def _split_conditioning(self, recipe: Recipe) -> Conditioning:
         """The positive prompt encoded without the LoRA, the negative with it (when it adapts the text
         encoders; otherwise one encoding serves both)."""
@@ -275,12 +294,8 @@ class Generator:
         pipe = self.model.pipe
         pipe.scheduler = self._scheduler(recipe.scheduler)
         self._apply_lora(recipe)
-        negative_only = bool(recipe.lora_path) and recipe.lora_passes == NEGATIVE
-        cond = (
-            self._split_conditioning(recipe)
-            if negative_only
-            else self._conditioner.encode(recipe.prompt, recipe.negative)
-        )
+        negative_only = _negative_only(recipe)
+        cond = self._conditioning(recipe)
         done = 0
 
         def step_end(_pipe, _i, _t, kwargs):
@@ -320,12 +335,7 @@ class Generator:
                 callback_on_step_end=step_end,
                 output_type="np",
             ).images
-        array = np.asarray(out[0])
-        if not np.isfinite(array).all():
-            raise NegaloraError(
-                "the model produced NaN pixels (an fp16 VAE overflow?); try --device cpu or an fp16-fix VAE"
-            )
-        return Image.fromarray((array.clip(0, 1) * 255).round().astype(np.uint8))
+        return _to_images(out[:1])[0]
 
     @torch.no_grad()
     def render_batch(self, recipes: list[Recipe], cancel: CancelToken | None = None) -> list[Image.Image]:
@@ -348,11 +358,8 @@ class Generator:
         pipe = self.model.pipe
         pipe.scheduler = self._scheduler(first.scheduler)
         self._apply_lora(first)
-        negative_only = bool(first.lora_path) and first.lora_passes == NEGATIVE
-        conds = [
-            self._split_conditioning(r) if negative_only else self._conditioner.encode(r.prompt, r.negative)
-            for r in recipes
-        ]
+        negative_only = _negative_only(first)
+        conds = [self._conditioning(r) for r in recipes]
         if len({c.embeds.shape for c in conds}) > 1:
             raise NegaloraError("prompts of different token lengths cannot share a batch")
         kwargs = {key: torch.cat([c.pipeline_kwargs()[key] for c in conds]) for key in conds[0].pipeline_kwargs()}
@@ -373,10 +380,7 @@ class Generator:
                 callback_on_step_end=step_end,
                 output_type="np",
             ).images
-        array = np.asarray(out)
-        if not np.isfinite(array).all():
-            raise NegaloraError("the model produced NaN pixels (an fp16 VAE overflow?)")
-        return [Image.fromarray((a.clip(0, 1) * 255).round().astype(np.uint8)) for a in array]
+        return _to_images(out)
 
     def run(
         self,
