@@ -51,7 +51,8 @@ def report_markdown(result, seconds: float, command: str, grid_name: str) -> str
         f"({', '.join(f'{k} {v}' for k, v in sorted(result.session['by_kind'].items()))}).",
         f"- LoRA: {', '.join(f'{k}={v}' for k, v in cfg.train.items())}; runs {', '.join(result.runs.values())}.",
         f"- Held out: {cfg.held_out_prompts} prompts x {cfg.held_out_seeds} seeds = "
-        f"{cfg.held_out_prompts * cfg.held_out_seeds} images per column, {cfg.sampling_steps} steps, "
+        f"{cfg.held_out_prompts * cfg.held_out_seeds} images per column, every row its own seed (none "
+        f"used by the session; the world has 90 captions, so prompts repeat), {cfg.sampling_steps} steps, "
         f"CFG {cfg.guidance:g}, LoRA strength {cfg.scale:g}.",
         f"- Prompt adherence of the base model ({result.adherence['n']} images): colour "
         f"{result.adherence['colour']:.0%}, shape {result.adherence['shape']:.0%}.",
@@ -75,7 +76,7 @@ def report_markdown(result, seconds: float, command: str, grid_name: str) -> str
 def verdict(result) -> list[str]:
     """What the table says, computed from it: the best way, the default way against base, the goal."""
     base = result.column("base")
-    default = [c for c in result.columns if c.key == f"lora_{DEFAULT}_plain"][0]
+    default = next(c for c in result.columns if c.key.startswith(f"lora_{DEFAULT}_"))
     loras = [c for c in result.columns if c.key.startswith("lora_")]
     best = min(loras, key=lambda c: c.rate)
     change = (default.rate - base.rate) / base.rate if base.rate else 0.0

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="fixed-seed comparison grid: base, negative token, LoRA + negative token (or sweeps)",
         description="Render every prompt x seed in columns that differ only in the negative token and the LoRA. "
-        "Three-way by default (base | negative | LoRA + negative | LoRA on the other passes); --scales makes a "
+        "Three-way by default (base | negative | LoRA as --lora-passes says, default on the negative pass only | "
+        "LoRA on the other passes); --scales makes a "
         "LoRA-strength sweep, --checkpoints a sweep over a run's checkpoints. Every cell is stored as an image.",
     )
     c.add_argument("prompt", nargs="*", help="test prompts (or --prompt-set)")

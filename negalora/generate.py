@@ -342,7 +342,7 @@ class Generator:
         """Several recipes that differ only in prompt, negative and seed, in one pipeline call (A1111's
         "batch size"). Many times faster than one by one for a small model on the CPU; each image
         keeps its own seed's noise, but may differ in the last bit from a one-image render, so
-        regenerating it is exact only within 1/255."""
+        regenerating it is exact only within 2/255."""
         if not recipes:
             return []
         first = recipes[0]
@@ -351,7 +351,7 @@ class Generator:
             differ = [k for k in shared if getattr(r, k) != getattr(first, k)]
             if differ:
                 raise NegaloraError(f"one batch must share its settings; these differ: {', '.join(differ)}")
-        if first.refiner and self.model.refiner is not None:
+        if any(r.refiner for r in recipes) and self.model.refiner is not None:
             raise NegaloraError("a batch cannot use the refiner; render those one by one")
         if cancel is not None:
             cancel.raise_if_cancelled()

@@ -4,7 +4,6 @@ rejects by the detectors, a LoRA trained on them with the normal trainer, held-o
 import numpy as np
 
 from negalora.demo_world.efficacy import EfficacyConfig, held_out_rows, run_efficacy
-from negalora.generate import Generator
 from negalora.lora_passes import DEFAULT, NEGATIVE
 from negalora.store import Store
 
@@ -18,18 +17,20 @@ SMALL = EfficacyConfig(
 )
 
 
-def test_the_experiment_runs_through_the_product_and_the_default_way_is_the_best(home, demo_model):
+def test_the_experiment_runs_through_the_product_and_the_default_way_is_the_best(home, generator):
     store = Store(home)
-    result = run_efficacy(Generator(demo_model), store, SMALL)
+    result = run_efficacy(generator, store, SMALL)  # takes off any LoRA an earlier test left on it
     assert result.session["images"] == SMALL.session_images
     assert 0 < result.session["rejected"] < SMALL.session_images  # the detectors reject some, not all
-    assert store.counts()["reject"] == result.session["rejected"]
+    assert store.counts()["reject"] == result.session["rejected"]  # counted apart from the store
+    assert sum(result.session["by_kind"].values()) >= result.session["rejected"]
     run = store.run(result.runs["plain"])
     assert run["status"] == "done" and run["images"] == result.session["rejected"]
     keys = [c.key for c in result.columns]
     assert keys == ["base", "negative", "lora_both_plain", "lora_negative_plain"]
     rows = held_out_rows(SMALL)
-    assert all(c.n == len(rows) == 60 and c.prompts == [p for p, _ in rows] for c in result.columns)
+    assert len(set(rows)) == len({s for _, s in rows}) == 60  # no row twice, every seed its own
+    assert all(c.n == len(rows) and c.prompts == [p for p, _ in rows] for c in result.columns)
     # the same rows and noise in every column: the first image of each column differs only by the
     # stated change, so no two columns are pixel-identical, and none is noise
     firsts = [np.asarray(c.images[0], dtype=np.int16) for c in result.columns]

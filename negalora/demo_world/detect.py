@@ -33,8 +33,8 @@ def _missing(scene: Scene) -> bool:
 
 
 def detect_defects(image) -> set[str]:
-    """The defects seen in ``image`` (a PIL image or an RGB array): a subset of DEFECTS, or
-    {MISSING} when no shape is drawn at all."""
+    """The defects seen in ``image`` (a PIL image or an RGB array): a subset of DEFECTS; with no
+    shape drawn at all, MISSING (and a scratch, if one is there)."""
     scene = analyse(image)
     if _missing(scene):
         return {MISSING, "scratch"} if scene.scratch.any() else {MISSING}

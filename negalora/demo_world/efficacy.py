@@ -144,7 +144,7 @@ def run_session(generator: Generator, store: Store, cfg: EfficacyConfig) -> dict
     model = generator.model
     model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
     rejected: dict[str, int] = {}
-    made = 0
+    made = rejects = 0
     for batch in _batches(recipes, cfg.batch):
         for recipe, image in zip(batch, generator.render_batch(batch), strict=True):
             stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
@@ -152,9 +152,10 @@ def run_session(generator: Generator, store: Store, cfg: EfficacyConfig) -> dict
             kinds = detect_defects(image)
             if kinds:
                 store.rate([stored.id], "reject", sorted(kinds))
+                rejects += 1
                 for k in kinds:
                     rejected[k] = rejected.get(k, 0) + 1
-    return {"images": made, "rejected": store.counts()["reject"], "by_kind": rejected}
+    return {"images": made, "rejected": rejects, "by_kind": rejected}
 
 
 def score_column(
@@ -207,8 +208,12 @@ def train_lora(generator: Generator, store: Store, cfg: EfficacyConfig, prior: b
 
 
 def held_out_rows(cfg: EfficacyConfig) -> list[tuple[str, int]]:
+    """(prompt, seed) rows, every seed its own: the world has only 90 captions, so prompts repeat,
+    but no row is ever rendered twice. Seeds are held out (the session never used them); the
+    captions are the world's own."""
     prompts = held_out_prompts(cfg.held_out_prompts, cfg.held_out_seed)
-    return [(p, cfg.held_out_seed + k) for p in prompts for k in range(cfg.held_out_seeds)]
+    n = cfg.held_out_seeds
+    return [(p, cfg.held_out_seed + i * n + k) for i, p in enumerate(prompts) for k in range(n)]
 
 
 def run_efficacy(
@@ -218,6 +223,7 @@ def run_efficacy(
     on_stage: Callable[[str], None] | None = None,
 ) -> EfficacyResult:
     stage = on_stage or (lambda s: None)
+    generator.release_lora()  # base and session without any LoRA a caller left on the pipeline
     stage("session")
     session = run_session(generator, store, cfg)
     rows = held_out_rows(cfg)
