@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,20 @@ def test_a_batch_renders_each_seed_as_a_single_render_does(generator):
     mixed = [recipes[0], generator.plan(GenerateRequest(prompts=("a",), steps=5))[0]]
     with pytest.raises(NegaloraError, match="differ: steps"):
         generator.render_batch(mixed)
+
+
+def test_a_batch_splits_the_guidance_passes_per_image_for_a_negative_pass_lora(generator, tmp_path):
+    lora = write_demo_lora(generator.model.pipe, tmp_path / "w.safetensors")
+    request = GenerateRequest(
+        prompts=("a red circle", "a blue square"), count=2, seed=70, steps=4, negative="wrong", lora=str(lora)
+    )
+    recipes = generator.plan(request)
+    assert {r.lora_passes for r in recipes} == {"negative"}  # the default
+    try:
+        batch = generator.render_batch(recipes)
+        for recipe, image in zip(recipes, batch, strict=True):  # [negatives; positives] split for all four
+            assert np.abs(_pixels(image) - _pixels(generator.render(recipe))).max() <= 2
+        both = generator.render_batch([replace(r, lora_passes="both") for r in recipes])
+        assert all(np.abs(_pixels(a) - _pixels(b)).max() > 5 for a, b in zip(batch, both, strict=True))
+    finally:
+        generator.release_lora()
