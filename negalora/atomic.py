@@ -1,8 +1,15 @@
 """Atomic file writes: a temp file in the same folder, fsync, then os.replace."""
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from negalora import faults
+from negalora.errors import DiskFull
+
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -28,14 +35,42 @@ def _default_mode() -> int:
 FILE_MODE = _default_mode()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+def disk_full(path: Path, exc: OSError) -> DiskFull:
+    """The one message for a full disk: what could not be written, and how much space is left."""
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+        left = f"{free / 2**20:.0f} MB free"
+    except OSError:
+        left = "free space unknown"
+    return DiskFull(f"{path}: disk full ({left}); nothing was written and earlier files are untouched")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC however it surfaces: an OSError, or a library's own error that carries the OS text."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fault: str = "file_write") -> None:
+    """``fault`` names the point where tests may inject a failure (negalora.faults)."""
+    try:
+        _atomic_write(Path(path), data, fault)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise disk_full(path, exc) from exc
+        raise
+
+
+def _atomic_write(path: Path, data: bytes, fault: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
+            faults.inject(fault, path)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", metavar="M", help="the run's base model, if it moved (must be the same model)")
     ex.add_argument("--device", metavar="D", help="cpu, cuda or mps")
     _add_common(ex)
+
+    from negalora import cli_store
+
+    cli_store.add_parsers(sub, _add_common)
     return parser
 
 
@@ -547,6 +551,9 @@ def cmd_train(args) -> int:
         _emit(args, payload, lines)
     if result.status == "stopped_nan":
         print(f"negalora: error: {result.message}", file=sys.stderr)
+        return 1
+    if result.status == "paused":
+        print(f"negalora: paused: {result.message} (negalora train --resume {result.run_id})", file=sys.stderr)
         return 1
     return 0
 
@@ -850,6 +857,12 @@ COMMANDS = {
 }
 
 
+def _command(name: str):
+    from negalora import cli_store
+
+    return COMMANDS.get(name) or cli_store.COMMANDS[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -860,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         if top is not None and hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, top)
     try:
-        return COMMANDS[args.command](args)
+        return _command(args.command)(args)
     except NegaloraError as exc:
         print(f"negalora: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

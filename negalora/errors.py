@@ -19,3 +19,22 @@ class BadPrompt(NegaloraError):
 
 class Cancelled(Exception):
     """A job was cancelled by the user; whatever it was making is thrown away."""
+
+
+class DiskFull(NegaloraError):
+    """A write failed for lack of space; what was there before is untouched."""
+
+
+class DatabaseDamaged(NegaloraError):
+    """The database failed its health check at open; it was not written to."""
+
+    def __init__(self, path, reason: str, backups: list):
+        self.path, self.reason, self.backups = path, reason, list(backups)
+        if self.backups:
+            advice = (
+                f"the latest backup is {self.backups[0]}; `negalora restore-backup` puts it in place "
+                "(the damaged file is kept aside)"
+            )
+        else:
+            advice = "there is no backup to restore"
+        super().__init__(f"{path}: damaged database ({reason}); it was left untouched; {advice}")

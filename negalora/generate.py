@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from negalora import faults
 from negalora.cancel import CancelToken
 from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import HashCache
@@ -301,6 +302,7 @@ class Generator:
         def step_end(_pipe, _i, _t, kwargs):
             nonlocal done
             done += 1
+            faults.inject("generate_step")
             if on_step is not None:
                 on_step(done)
             if cancel is not None:
@@ -365,6 +367,7 @@ class Generator:
         kwargs = {key: torch.cat([c.pipeline_kwargs()[key] for c in conds]) for key in conds[0].pipeline_kwargs()}
 
         def step_end(_pipe, _i, _t, kw):
+            faults.inject("generate_step")
             if cancel is not None:
                 cancel.raise_if_cancelled()
             return kw
@@ -441,6 +444,7 @@ def regenerate(generator: Generator, recipe: Recipe) -> Image.Image:
         path = Path(recipe.lora_path)
         if not path.is_file():
             raise NegaloraError(f"{path}: the recipe's LoRA file is gone")
+        check_lora_file(path)  # the file may have been replaced since; hashing reads its header length
         if generator._lora_hash(path) != recipe.lora_hash:
             raise NegaloraError(f"{path}: the LoRA file changed since the image was made")
     return generator.render(recipe)

@@ -1,15 +1,11 @@
 """Importing image files into the store, refusing what cannot be decoded safely."""
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
+from negalora.image_files import IMAGE_SUFFIXES, ImageRefused, probe
 from negalora.store import Store
 from negalora.store.db import StoredImage
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -33,12 +29,9 @@ def expand_paths(paths: list[Path]) -> tuple[list[Path], list[Refused]]:
 
 
 def probe_image(path: Path) -> tuple[int, int]:
-    """Fully decode an image (so truncated files fail here) and return its size; refuses bombs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            return im.size
+    """Fully decode an allowed image (so truncated files fail here) and return its size; refuses bombs,
+    and formats off the allow-list (PSD, EPS, PDF, ...) even when renamed, with ImageRefused."""
+    return probe(path)
 
 
 def import_files(
@@ -50,20 +43,14 @@ def import_files(
         try:
             width, height = probe_image(f)
             data = f.read_bytes()
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            refused.append(Refused(f, _reason(exc)))
+        except ImageRefused as exc:
+            refused.append(Refused(f, exc.reason))
             continue
-        except (OSError, SyntaxError, ValueError) as exc:
-            refused.append(Refused(f, f"cannot decode ({exc})"))
+        except OSError as exc:
+            refused.append(Refused(f, f"cannot read ({exc.strerror or exc})"))
             continue
         suffix = f.suffix.lower() if f.suffix.lower() in IMAGE_SUFFIXES else ".img"
         done.append(store.add_imported(data, suffix, width, height, f.name))
     if reject and done:
         store.rate([d.id for d in done], "reject", reasons)
     return done, refused
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image PIL can read"
-    return f"refused as a decompression bomb ({exc})"

@@ -1,11 +1,17 @@
 """A recipe: everything needed to make one image again, exactly."""
 
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from negalora import __version__
+from negalora.errors import NegaloraError
 
 RECIPE_FORMAT = 1
+
+
+class BadRecipe(NegaloraError):
+    """A recipe that is not well-formed; the message is the reason (the caller names where it came from)."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,43 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A recipe from its JSON fields (unknown ones are ignored); wrong types raise BadRecipe."""
+        if not isinstance(data, dict):
+            raise BadRecipe(f"a recipe is a JSON object, not a {type(data).__name__}")
+        values = {}
+        for f in fields(cls):
+            if f.name in data:
+                values[f.name] = _typed(f.name, f.type, data[f.name])
+            elif f.default is MISSING:
+                raise BadRecipe(f"the recipe has no {f.name}")
+        return cls(**values)
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise BadRecipe("the recipe's JSON is nested too deeply") from None
+        except ValueError as exc:
+            raise BadRecipe(f"the recipe is not JSON ({str(exc)[:100]})") from None
+        return cls.from_dict(data)
+
+
+_KINDS = {str: "text", int: "a whole number", float: "a finite number"}
+
+
+def _typed(name: str, kind: type, value):
+    """``value`` as the field's type; bools are not numbers here, and a float must be finite."""
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is int and type(value) is int:
+        return value
+    if kind is float and type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
+    elif isinstance(value, list | dict):
+        shown = f"a JSON {'list' if isinstance(value, list) else 'object'}"
+    else:
+        shown = repr(value)[:40]
+    raise BadRecipe(f"the recipe's {name} is {shown}, not {_KINDS.get(kind, kind.__name__)}")

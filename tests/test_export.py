@@ -208,7 +208,7 @@ def test_a_failed_export_leaves_the_old_file_and_no_temp(runs, demo_model, tmp_p
     else:
         monkeypatch.setattr(writer.os, "replace", fail)
     request = ExportRequest(runs.plain, "kohya", step=4, out=str(out), verify=stage == "verify")
-    with pytest.raises((OSError, NegaloraError), match="injected failure"):
+    with pytest.raises((OSError, NegaloraError), match="injected failure|disk full"):  # errno 28 is ENOSPC
         export_lora(runs.store, request, generator=Generator(demo_model) if request.verify else None)
     assert out.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lora.md", "lora.safetensors"]  # no temp left
@@ -299,3 +299,21 @@ def test_a_checkpoint_holding_nan_is_refused_and_nothing_is_written(runs, tmp_pa
     with pytest.raises(NegaloraError, match=f"tensor {key} holds NaN or inf"):
         export_lora(runs.store, ExportRequest(runs.plain, "kohya", step=1, out=str(out), verify=False))
     assert list(tmp_path.iterdir()) == [] and len(runs.store.exports()) == before
+
+
+def test_disk_full_during_an_export_is_one_clear_message_and_keeps_the_old_file(runs, tmp_path):
+    from negalora import faults
+    from negalora.errors import DiskFull
+
+    out = tmp_path / "full.safetensors"
+    export_lora(runs.store, ExportRequest(runs.plain, "kohya", step=2, out=str(out), verify=False))
+    old, before = out.read_bytes(), len(runs.store.exports())
+    faults.configure("export_write=enospc")
+    try:
+        with pytest.raises(DiskFull, match=r"full\.safetensors: disk full \(\d+ MB free\)"):
+            export_lora(runs.store, ExportRequest(runs.plain, "kohya", step=4, out=str(out), verify=False))
+    finally:
+        faults.configure("")
+    assert out.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.md", "full.safetensors"]
+    assert len(runs.store.exports()) == before

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from safetensors.torch import load_file
+from tests_helpers_train import seed_rejects as _seed_rejects
 
 from negalora.cancel import CancelToken
 from negalora.device import choose_placement
@@ -24,23 +25,6 @@ from negalora.train.config import PRESETS, TrainConfig, preset
 from negalora.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-COLORS = ["red", "green", "blue", "yellow", "white", "orange", "purple", "cyan"]
-
-
-def _seed_rejects(home, n=8):
-    """n small pictures (a shape on a background), imported and rejected."""
-    store = Store(home)
-    ids = []
-    for i in range(n):
-        im = Image.new("RGB", (64, 64), COLORS[(i + 3) % 8])
-        d = ImageDraw.Draw(im)
-        d.ellipse((10 + i, 12, 40 + i, 44), fill=COLORS[i % 8])
-        path = home.root / f"src{i}.png"
-        home.root.mkdir(parents=True, exist_ok=True)
-        im.save(path)
-        ids.append(store.add_imported(path.read_bytes(), ".png", 64, 64, path.name).id)
-    store.rate(ids, "reject", ["artifacts"])
-    return store
 
 
 def _config(**kw):
@@ -183,6 +167,30 @@ def test_a_run_killed_with_sigkill_resumes(home):
     store = Store(home)
     assert [s for s, _ in store.losses(run_id)] == list(range(1, 61))
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()
+
+
+def test_disk_full_at_a_checkpoint_pauses_the_run_and_resume_finishes_it(home):
+    from negalora import faults
+    from negalora.hashing import sha256_file
+
+    store = _seed_rejects(home, 4)
+    model = _model(home)
+    faults.configure("checkpoint_write=enospc@2")  # the second checkpoint finds the disk full
+    try:
+        result = Trainer(home, store, model).start(_config(steps=15, checkpoint_every=5, validation_steps=0, batch=1))
+    finally:
+        faults.configure("")
+    assert result.status == "paused" and result.steps_done == 5
+    assert "step-000010.safetensors: disk full" in result.message and "resume" in result.message
+    assert store.run(result.run_id)["status"] == "paused"
+    [kept] = store.checkpoints(result.run_id)
+    assert kept["step"] == 5 and kept["sha256"] == sha256_file(kept["path"])
+    folder = home.runs / result.run_id / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000005.safetensors", "step-000005.state.safetensors"]
+    resumed = Trainer(home, store, model).resume(result.run_id)
+    assert resumed.status == "done" and resumed.steps_done == 15
+    assert [s for s, _ in store.losses(result.run_id)] == list(range(1, 16))
     store.close()
 
 

@@ -13,8 +13,7 @@ from negalora.store import Store
 LONG = 120_000  # ms: the worker imports torch and diffusers, then loads the model
 
 
-@pytest.fixture
-def window(qtbot, home):
+def _open_window(qtbot, home):
     from negalora.ui.app import make_app
     from negalora.ui.main_window import MainWindow
 
@@ -25,6 +24,11 @@ def window(qtbot, home):
     w.show()
     qtbot.waitUntil(lambda: w.jobs.state == "idle" and w.model_label.text() == "model: demo", timeout=LONG)
     return w
+
+
+@pytest.fixture
+def window(qtbot, home):
+    return _open_window(qtbot, home)
 
 
 def _events(window):
@@ -112,6 +116,28 @@ def test_killed_worker_leaves_the_window_and_ratings_and_queued_jobs(window, hom
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store.close()
     assert os.path.exists(home.db_path)
+
+
+def test_out_of_memory_in_the_worker_fails_that_job_only(qtbot, home, monkeypatch):
+    monkeypatch.setenv("NEGALORA_FAULTS", "generate_step=oom@1")  # the worker's first denoising step
+    window = _open_window(qtbot, home)
+    pid = window.jobs.client.pid
+    seen = _events(window)
+    window.show_page("generate")
+    page = window.generate_page
+    page.prompts.setPlainText("a red circle")
+    page.steps.setValue(3)
+    qtbot.mouseClick(page.go, Qt.MouseButton.LeftButton)
+    queued = window.jobs.submit_generate("demo", [GenerateRequest(prompts=("b",), steps=3, seed=2)])
+    qtbot.waitUntil(lambda: any(e["type"] == "finished" and e["job"] == queued for e in seen), timeout=LONG)
+    [failed] = [e for e in seen if e["type"] == "failed"]
+    assert failed["kind"] == "out_of_memory" and failed["error"].startswith("out of memory: lower the batch")
+    assert window.isVisible() and page.go.isEnabled()
+    assert page.progress_label.text() == "Failed" and "out of memory" in page.error.text()
+    assert window.jobs.client.pid == pid and window.jobs.restarts == 0  # the same worker went on
+    store = Store(home)
+    assert store.counts()["all"] == 3 + 1  # the queued job's image; nothing from the failed one
+    store.close()
 
 
 def test_training_from_the_train_page_shows_losses_and_validation_images(window, home, qtbot):

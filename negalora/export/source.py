@@ -11,6 +11,7 @@ from safetensors import SafetensorError, safe_open
 
 from negalora.errors import NegaloraError
 from negalora.hashing import sha256_file
+from negalora.safetensors_check import check_safetensors
 from negalora.train.config import TrainConfig
 
 
@@ -84,8 +85,13 @@ def read_checkpoint(source: ExportSource) -> tuple[dict[str, torch.Tensor], dict
     """The checkpoint's tensors and header metadata, after checking that the file is the one the
     trainer wrote and that every value is finite."""
     path = source.path
-    if sha256_file(path) != source.sha256:
+    try:
+        sha = sha256_file(path)
+    except OSError as exc:
+        raise NegaloraError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if sha != source.sha256:
         raise NegaloraError(f"{path}: changed or damaged since training (its sha256 is not the recorded one)")
+    check_safetensors(path)  # the recorded hash may itself be of a damaged file
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             header = dict(fh.metadata() or {})

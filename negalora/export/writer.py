@@ -9,7 +9,8 @@ import struct
 import time
 from pathlib import Path
 
-from negalora.atomic import FILE_MODE, _fsync_dir
+from negalora import faults
+from negalora.atomic import FILE_MODE, _fsync_dir, disk_full, is_disk_full
 from negalora.errors import NegaloraError
 
 _TEMP = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")
@@ -70,11 +71,14 @@ def write_temp(dest: Path, data: bytes) -> Path:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
+            faults.inject("export_write", dest)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(dest, exc) from exc
         raise NegaloraError(f"{dest.parent}: cannot write the export there ({exc.strerror or exc})") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)

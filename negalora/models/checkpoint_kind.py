@@ -1,12 +1,9 @@
 """Tell what a single-file checkpoint is from its key names alone, without unpickling anything."""
 
-import json
-import struct
 from pathlib import Path
 
 from negalora.errors import NegaloraError
-
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+from negalora.safetensors_check import check_safetensors
 
 SDXL_BASE = "sdxl-base"
 SDXL_REFINER = "sdxl-refiner"
@@ -25,45 +22,8 @@ DESCRIPTIONS = {
 
 
 def read_safetensors_keys(path: Path) -> list[str]:
-    """The tensor names in a .safetensors file, after checking the file is complete."""
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        # Never unpickle: a pickle can run code on load.
-        raise NegaloraError(
-            f"{path}: {path.suffix} files are Python pickles, which can run code when loaded; "
-            "negalora only loads .safetensors"
-        )
-    if path.suffix.lower() != ".safetensors":
-        raise NegaloraError(f"{path}: not a .safetensors file")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise NegaloraError(f"{path}: truncated .safetensors file (no header)")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100_000_000):
-                raise NegaloraError(f"{path}: truncated or corrupt .safetensors file (header size {n})")
-            header = json.loads(fh.read(n))
-    except OSError as exc:
-        raise NegaloraError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise NegaloraError(f"{path}: corrupt .safetensors header") from exc
-    if not isinstance(header, dict):
-        raise NegaloraError(f"{path}: corrupt .safetensors header")
-    end = 0
-    keys = []
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise NegaloraError(f"{path}: corrupt .safetensors header (tensor {key!r})") from exc
-        keys.append(key)
-    if 8 + n + end > size:
-        raise NegaloraError(f"{path}: truncated .safetensors file ({size} bytes, needs {8 + n + end})")
-    return keys
+    """The tensor names in a .safetensors file, after checking its header (pickles are refused unopened)."""
+    return list(check_safetensors(path).tensors)
 
 
 def classify_keys(keys: list[str]) -> str:

@@ -17,6 +17,7 @@ from negalora.models.demo import DEMO_NAME, DEMO_SIZE, ensure_demo_folder
 from negalora.models.quiet import quiet_libraries
 from negalora.models.tokenizer import PAD_CLIP_L, PAD_OPENCLIP, clip_tokenizer
 from negalora.resources import SDXL_BASE_CONFIG, SDXL_REFINER_CONFIG
+from negalora.safetensors_check import PICKLE_SUFFIXES, check_safetensors
 
 SDXL_SIZE = 1024
 
@@ -48,7 +49,7 @@ def _looks_like_path(spec: str) -> bool:
         spec.startswith((".", "/", "~"))
         or "\\" in spec
         or spec.count("/") != 1
-        or Path(spec).suffix.lower() in ck.PICKLE_SUFFIXES | {".safetensors"}
+        or Path(spec).suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}
     )
 
 
@@ -65,16 +66,35 @@ def _folder_weights_hash(folder: Path, hashes: HashCache) -> str:
     return sha256_bytes("".join(hashes.get(f) for f in files).encode())
 
 
-def _check_folder(folder: Path, want: str) -> None:
+def _check_weights(parts: list[Path]) -> None:
+    """Check every safetensors header in a model's part folders before a library opens one (they raise errors
+    of their own, or hang, on a hostile header), and refuse a part that holds only pickled weights."""
+    for part in parts:
+        files = sorted(f for f in part.iterdir() if f.is_file()) if part.is_dir() else []
+        weights = [f for f in files if f.suffix.lower() == ".safetensors"]
+        pickles = [f for f in files if f.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles and not weights:
+            raise NegaloraError(
+                f"{part}: only pickled weights ({pickles[0].name}), which can run code when loaded; "
+                "negalora loads only .safetensors"
+            )
+        for f in weights:
+            check_safetensors(f)
+
+
+def _check_folder(folder: Path, want: str) -> list[Path]:
+    """Check a pipeline folder's model_index.json; returns the folders of the parts it names."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise NegaloraError(f"{folder}: not a diffusers model folder (no model_index.json)")
     try:
-        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    except (OSError, ValueError) as exc:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        cls = data.get("_class_name", "")
+    except (OSError, ValueError, AttributeError) as exc:
         raise NegaloraError(f"{index}: unreadable ({exc})") from exc
     if cls != want:
         raise NegaloraError(f"{folder}: a {cls or 'unknown'} folder; negalora needs a {want}")
+    return [folder / k for k, v in data.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
 
 
 def _place(pipe, placement: Placement):
@@ -90,10 +110,11 @@ def _load_vae(spec: str, placement: Placement) -> AutoencoderKL:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise NegaloraError(f"{path}: not a diffusers VAE folder (no config.json)")
+        _check_weights([path])
         with _loading(path):
             return AutoencoderKL.from_pretrained(str(path), use_safetensors=True, local_files_only=True)
     if path.is_file():
-        ck.read_safetensors_keys(path)  # refuses pickles and truncated files
+        check_safetensors(path)  # refuses pickles and damaged or hostile headers
         with _loading(path):
             return AutoencoderKL.from_single_file(
                 str(path), config=str(SDXL_BASE_CONFIG), subfolder="vae", local_files_only=True
@@ -129,6 +150,7 @@ def load_model(
         common["vae"] = _load_vae(vae, placement)
     if spec == DEMO_NAME:
         folder = ensure_demo_folder(home.models / DEMO_NAME)
+        _check_weights(_check_folder(folder, StableDiffusionXLPipeline.__name__))
         with _loading(folder):
             pipe = StableDiffusionXLPipeline.from_pretrained(
                 str(folder), use_safetensors=True, local_files_only=True, **common
@@ -166,7 +188,7 @@ def _load_local(cls, path: Path, kind: str, config_dir: Path, hashes: HashCache,
     """A pipeline from a diffusers folder, or from a single file with the shipped configs, offline;
     returns it with the model's identity hash."""
     if path.is_dir():
-        _check_folder(path, cls.__name__)
+        _check_weights(_check_folder(path, cls.__name__))
         sha = _folder_hash(path, hashes)
         with _loading(path):
             return cls.from_pretrained(str(path), use_safetensors=True, local_files_only=True, **kwargs), sha

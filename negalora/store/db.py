@@ -11,11 +11,15 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from negalora.errors import NegaloraError
+from negalora import faults
+from negalora.atomic import NO_SPACE
+from negalora.errors import DatabaseDamaged, DiskFull, NegaloraError
 from negalora.home import Home
 from negalora.recipe import Recipe
+from negalora.store import backups as backup_files
 from negalora.store.evaluation import EvaluationTables
-from negalora.store.files import store_bytes
+from negalora.store.files import content_path, store_bytes
+from negalora.store.health import check_file
 from negalora.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 VERDICTS = ("reject", "pick")
@@ -37,6 +41,9 @@ class Store(EvaluationTables):
     def __init__(self, home: Home):
         self.home = home
         home.create()
+        damage = check_file(home.db_path)
+        if damage is not None:
+            raise DatabaseDamaged(home.db_path, damage.reason, backup_files.backups(home))
         try:
             conn = sqlite3.connect(str(home.db_path), timeout=30, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -45,7 +52,14 @@ class Store(EvaluationTables):
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=FULL")  # a rating survives a power cut, not only a crash
         self.db = Database(conn)
+        self._created: list[Path] = []
         self._migrate()
+        self.backup_error = ""  # a failed daily backup must not keep the artist out; it is shown instead
+        if backup_files.daily_due(home) and self._has_content():
+            try:
+                self.backup("daily")
+            except (OSError, sqlite3.Error, NegaloraError) as exc:
+                self.backup_error = f"daily backup failed: {exc}"
 
     def close(self) -> None:
         self.db.close()
@@ -59,14 +73,27 @@ class Store(EvaluationTables):
         if conn.in_transaction:
             yield
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                faults.inject("db_commit", self.home.db_path)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):  # SQLITE_FULL: "database or disk is full"
+                raise self._disk_full() from exc
             raise
-        conn.execute("COMMIT")
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise self._disk_full() from exc
+            raise
+
+    def _disk_full(self) -> DiskFull:
+        return DiskFull(f"{self.home.db_path}: disk full; this change was not saved, and nothing before it was lost")
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -93,16 +120,12 @@ class Store(EvaluationTables):
                 self.db.execute(f"PRAGMA user_version={target}")
 
     def backup(self, label: str) -> Path:
-        """Copy the database with SQLite's backup API into <home>/backups/."""
-        self.home.backups.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        target = self.home.backups / f"negalora-{stamp}-{label}.db"
-        dest = sqlite3.connect(str(target))
-        try:
-            self.db.conn.backup(dest)
-        finally:
-            dest.close()
-        return target
+        """Copy the database with SQLite's backup API into <home>/backups/ (see store.backups)."""
+        return backup_files.make_backup(self.db.conn, self.home, label)
+
+    def _has_content(self) -> bool:
+        row = self.db.execute("SELECT EXISTS (SELECT 1 FROM images) OR EXISTS (SELECT 1 FROM runs)").fetchone()
+        return bool(row[0])
 
     # -- models ---------------------------------------------------------------------------
 
@@ -122,15 +145,33 @@ class Store(EvaluationTables):
 
     # -- images ---------------------------------------------------------------------------
 
+    @contextmanager
+    def _adding(self):
+        """A write transaction that adds image files: a file it created is removed again when the
+        transaction fails (a full disk at commit), so no file is left that no row knows."""
+        self._created: list[Path] = []
+        try:
+            with self._write():
+                yield
+        except BaseException:
+            for path in self._created:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            self._created = []
+
     def _insert_image(self, data: bytes, suffix: str, row: dict) -> StoredImage:
+        sha = hashlib.sha256(data).hexdigest()
+        if not content_path(self.home.images, sha, suffix).exists():
+            self._created.append(content_path(self.home.images, sha, suffix))
         sha, path = store_bytes(self.home.images, data, suffix)
         existing = self.db.execute("SELECT id FROM images WHERE sha256 = ?", [sha]).fetchone()
         if existing:
             return StoredImage(existing[0], sha, path, True)
-        image_id = (
-            self.db["images"]
-            .insert({"sha256": sha, "path": str(path.relative_to(self.home.root)), "created": now(), **row})
-            .last_pk
+        # An id is never given out twice, not even after a delete: "#30" always means one image.
+        image_id = 1 + self.db.execute(_NEXT_IMAGE_ID).fetchone()[0]
+        self.db["images"].insert(
+            {"id": image_id, "sha256": sha, "path": str(path.relative_to(self.home.root)), "created": now(), **row}
         )
         return StoredImage(image_id, sha, path, False)
 
@@ -138,7 +179,7 @@ class Store(EvaluationTables):
         """Store a generated PNG and its recipe in one transaction (the file is written first).
         The same pixels again return the stored image, marked duplicate, and add no rows."""
         sha = hashlib.sha256(png).hexdigest()
-        with self._write():
+        with self._adding():
             existing = self.db.execute("SELECT id, path FROM images WHERE sha256 = ?", [sha]).fetchone()
             if existing:
                 return StoredImage(existing[0], sha, self.home.root / existing[1], True)
@@ -172,7 +213,7 @@ class Store(EvaluationTables):
             )
 
     def add_imported(self, data: bytes, suffix: str, width: int, height: int, original_name: str) -> StoredImage:
-        with self._write():
+        with self._adding():
             return self._insert_image(
                 data,
                 suffix,
@@ -205,7 +246,65 @@ class Store(EvaluationTables):
         row = self.db.execute(
             "SELECT g.recipe FROM images i JOIN generations g ON g.id = i.generation_id WHERE i.id = ?", [image_id]
         ).fetchone()
-        return Recipe.from_json(row[0]) if row else None
+        if not row:
+            return None
+        try:
+            return Recipe.from_json(row[0])
+        except NegaloraError as exc:
+            raise NegaloraError(f"image {image_id}: damaged recipe in the database ({exc})") from exc
+
+    def delete_images(self, image_ids: list[int]) -> list[int]:
+        """Delete images, their ratings and their history, then their files. The rows go first,
+        with a tombstone per image in the same transaction, so a crash in between leaves a file that
+        the next start removes (store.reconcile), never a row pointing at a missing file."""
+        ids = list(dict.fromkeys(image_ids))
+        gone: list[tuple[str, str]] = []
+        with self._write():
+            for image_id in ids:
+                row = self.db.execute(
+                    "SELECT sha256, path, generation_id FROM images WHERE id = ?", [image_id]
+                ).fetchone()
+                if not row:
+                    raise NegaloraError(f"image {image_id}: no such image")
+                used = self.db.execute(
+                    "SELECT (SELECT count(*) FROM comparison_cells WHERE image_id = ?) + "
+                    "(SELECT count(*) FROM votes WHERE a_image_id = ? OR b_image_id = ?)",
+                    [image_id, image_id, image_id],
+                ).fetchone()[0]
+                if used:
+                    raise NegaloraError(f"image {image_id}: part of a comparison or a vote, so it is kept")
+                sha, path, generation_id = row
+                self.db.execute("DELETE FROM ratings WHERE image_id = ?", [image_id])
+                self.db.execute("DELETE FROM rating_events WHERE image_id = ?", [image_id])
+                self.db.execute("DELETE FROM images WHERE id = ?", [image_id])
+                if generation_id is not None:
+                    self.db.execute(
+                        "DELETE FROM generations WHERE id = ? AND NOT EXISTS "
+                        "(SELECT 1 FROM images WHERE generation_id = ?)",
+                        [generation_id, generation_id],
+                    )
+                self.db.execute(
+                    "INSERT INTO deleted_images (id, sha256, path, deleted) VALUES (?, ?, ?, ?)",
+                    [image_id, sha, path, now()],
+                )
+                gone.append((image_id, path))
+        for _, path in gone:
+            (self.home.root / path).unlink(missing_ok=True)
+        with self._write():
+            for image_id, _ in gone:
+                self.db.execute("UPDATE deleted_images SET file_removed = 1 WHERE id = ?", [image_id])
+        return ids
+
+    def set_missing(self, image_ids: list[int], missing: bool) -> None:
+        if not image_ids:
+            return
+        with self._write():
+            for image_id in image_ids:
+                self.db.execute("UPDATE images SET missing = ? WHERE id = ?", [int(missing), image_id])
+
+    def mark_file_removed(self, deleted_id: int) -> None:
+        with self._write():
+            self.db.execute("UPDATE deleted_images SET file_removed = 1 WHERE id = ?", [deleted_id])
 
     # -- ratings --------------------------------------------------------------------------
 
@@ -347,8 +446,12 @@ class Store(EvaluationTables):
         return rows
 
 
+_NEXT_IMAGE_ID = """
+SELECT max(coalesce((SELECT max(id) FROM images), 0), coalesce((SELECT max(id) FROM deleted_images), 0))
+"""
+
 _IMAGE_SELECT = """
-SELECT i.id, i.sha256, i.path, i.width, i.height, i.source, i.original_name, i.created, i.generation_id,
+SELECT i.id, i.sha256, i.path, i.width, i.height, i.source, i.original_name, i.created, i.generation_id, i.missing,
        g.prompt, g.negative, g.seed, g.steps, g.guidance, g.scheduler, m.name AS model,
        r.verdict, r.reasons
 FROM images i

@@ -15,5 +15,5 @@ def store_bytes(images_dir: Path, data: bytes, suffix: str) -> tuple[str, Path]:
     digest = hashlib.sha256(data).hexdigest()
     path = content_path(images_dir, digest, suffix)
     if not path.exists():
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, fault="image_write")
     return digest, path

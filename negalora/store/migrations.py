@@ -65,7 +65,7 @@ CREATE TABLE runs (
     id TEXT PRIMARY KEY,               -- also the folder name under <home>/runs/
     created TEXT NOT NULL,
     updated TEXT NOT NULL,
-    status TEXT NOT NULL,              -- running | done | cancelled | failed | stopped_nan
+    status TEXT NOT NULL,              -- running | done | cancelled | failed | stopped_nan | paused
     model_id INTEGER REFERENCES models(id),
     config TEXT NOT NULL,              -- JSON (negalora.train.config.TrainConfig)
     images INTEGER NOT NULL,           -- training images after pre-flight
@@ -152,6 +152,17 @@ CREATE TABLE exports (
 );
 """
 
+V4 = """
+ALTER TABLE images ADD COLUMN missing INTEGER NOT NULL DEFAULT 0;  -- the file was gone at the last check
+CREATE TABLE deleted_images (
+    id INTEGER PRIMARY KEY,            -- an image deleted in the app; its id is never given out again
+    sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,                -- relative to the home directory
+    deleted TEXT NOT NULL,
+    file_removed INTEGER NOT NULL DEFAULT 0  -- 0 while a crash may have left the file on disk
+);
+"""
+
 # Index i holds the SQL that takes the schema from version i to i + 1.
-MIGRATIONS: list[str] = [V1, V2, V3]
+MIGRATIONS: list[str] = [V1, V2, V3, V4]
 SCHEMA_VERSION = len(MIGRATIONS)

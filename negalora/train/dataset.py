@@ -6,40 +6,21 @@ reported with its reason up front instead of crashing the trainer an hour in.
 
 import hashlib
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from negalora.errors import NegaloraError
-from negalora.importing import IMAGE_SUFFIXES
+from negalora.image_files import IMAGE_SUFFIXES, ImageRefused, check_file, decode_reason, open_checked
 
 # Well above an 8K frame (7680x4320 = 33 MP) and a 50 MP camera, far below a bomb: a 64 MP RGB image
 # decodes to 192 MB, while a crafted 40000x40000 PNG of a few KB would ask for 4.8 GB.
 MAX_PIXELS = 64_000_000
 
-
-# PIL plugin names tried when opening; anything else is refused even when renamed to .png, so no
-# other parser (EPS through Ghostscript, for one) ever sees the file.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
-
-# First bytes of formats people drop by mistake, to name them in the refusal; never parsed further.
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"%PDF", "PDF"),
-    (b"%!PS", "PostScript/EPS"),
-    (b"\xc5\xd0\xd3\xc6", "EPS"),
-    (b"GIF8", "GIF"),
-    (b"8BPS", "Photoshop PSD"),
-)
 
 WHITE = (255, 255, 255)
 
@@ -50,12 +31,9 @@ _PLAIN_MODES = frozenset(
 )
 
 
-class PreflightError(NegaloraError):
-    """A file that cannot be trained on; the message is the short reason."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
+# A file that cannot be trained on; ``reason`` is the short reason (the allow-list and decoding checks are
+# shared with importing).
+PreflightError = ImageRefused
 
 
 @dataclass(frozen=True)
@@ -184,79 +162,16 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     Raises PreflightError with a short reason for anything that cannot be trained on safely.
     """
     path = Path(path)
-    _check_file(path)
-    with _open_checked(path, max_pixels) as im:
+    check_file(path)
+    with open_checked(path, max_pixels) as im:
         try:
             im.load()
             upright = ImageOps.exif_transpose(im)
         except MemoryError as exc:
             raise PreflightError("too large to decode (out of memory)") from exc
         except Exception as exc:  # damaged files make PIL raise almost anything (struct.error, IndexError, ...)
-            raise PreflightError(_decode_reason(exc)) from exc
+            raise PreflightError(decode_reason(exc)) from exc
         return to_rgb(upright)
-
-
-def _check_file(path: Path) -> None:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise PreflightError("no such file") from None
-    except OSError as exc:
-        raise PreflightError(f"cannot read ({exc.strerror or exc})") from exc
-    if not path.is_file():
-        raise PreflightError("not a file")
-    if size == 0:
-        raise PreflightError("zero-byte file")
-
-
-def _open_checked(path: Path, max_pixels: int) -> Image.Image:
-    """Open (header only) with the format allow-list, and refuse bombs before any pixel is decoded."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path, formats=ALLOWED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PreflightError(_bomb_reason(str(exc))) from exc
-    except UnidentifiedImageError as exc:
-        raise PreflightError(_unidentified_reason(path)) from exc
-    except Exception as exc:  # a damaged header can raise struct.error, IndexError, ...
-        raise PreflightError(_decode_reason(exc)) from exc
-    pixels = im.width * im.height
-    if pixels > max_pixels:
-        im.close()
-        raise PreflightError(f"decompression bomb ({pixels} pixels; the limit is {max_pixels})")
-    return im
-
-
-def _bomb_reason(message: str) -> str:
-    found = re.search(r"\((\d+) pixels\)", message)
-    return f"decompression bomb ({found.group(1)} pixels)" if found else f"decompression bomb ({message})"
-
-
-def _unidentified_reason(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    kind = _sniff(head)
-    if kind in ALLOWED_FORMATS:
-        return f"damaged {kind} file (header unreadable, perhaps truncated)"
-    if kind:
-        return f"{kind} is not accepted (only {', '.join(ALLOWED_FORMATS)})"
-    return "not an image"
-
-
-def _sniff(head: bytes) -> str | None:
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[4:8] == b"ftyp":
-        return "HEIC/AVIF"
-    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
-
-
-def _decode_reason(exc: Exception) -> str:
-    text = str(exc)
-    if "truncated" in text.lower():
-        return "truncated file"
-    return f"cannot decode ({text})" if text else f"cannot decode ({type(exc).__name__})"
 
 
 # -- colour conversion ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from negalora import faults
 from negalora.train.config import TEXT_ATTENTION, TrainConfig
 
 ADAPTER = "default"
@@ -72,6 +73,7 @@ def save_diffusers_lora(unet, path: Path, config: TrainConfig, text_encoders=())
                 "text_encoder_lora_adapter_metadata": text_lora_config(config).to_dict(),
                 "text_encoder_2_lora_adapter_metadata": text_lora_config(config).to_dict(),
             }
+        faults.inject("checkpoint_write", path)
         StableDiffusionXLPipeline.save_lora_weights(
             str(tmp),
             unet_lora_layers=convert_state_dict_to_diffusers(peft_state(unet)),

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from negalora import faults
+from negalora.atomic import atomic_write_bytes, atomic_write_text, disk_full, is_disk_full
 from negalora.cancel import CancelToken
-from negalora.errors import Cancelled, NegaloraError
+from negalora.errors import Cancelled, DiskFull, NegaloraError
 from negalora.hashing import sha256_file
 from negalora.home import Home
 from negalora.models.loader import LoadedModel
@@ -41,7 +43,7 @@ DEMO_VALIDATION_PROMPTS = ("a red circle on a blue background", "a yellow square
 @dataclass(frozen=True)
 class RunResult:
     run_id: str
-    status: str  # done | cancelled | failed | stopped_nan
+    status: str  # done | cancelled | failed | stopped_nan | paused (disk full)
     steps_done: int
     final_loss: float | None
     checkpoints: list[str]
@@ -178,8 +180,6 @@ class Trainer:
         if self._main:
             run_dir = self.home.runs / run_id
             (run_dir / "checkpoints").mkdir(parents=True)
-            from negalora.atomic import atomic_write_text
-
             atomic_write_text(run_dir / "config.json", config.to_json())
             dataset = {
                 "images": [{**asdict(i), "path": str(i.path)} for i in report.images],
@@ -278,8 +278,6 @@ class Trainer:
             path = folder / f"{k:05d}.png"
             if not path.exists():
                 image = self._render(conditioner, config.class_prompt, "", seed=k, steps=config.class_steps, size=size)
-                from negalora.atomic import atomic_write_bytes
-
                 atomic_write_bytes(path, _png(image))
             from negalora.train.dataset import load_rgb
 
@@ -480,6 +478,9 @@ class Trainer:
             )
         except Cancelled:
             status, message = "cancelled", "cancelled by the user before the first step"
+        except DiskFull as exc:
+            # Paused, not failed: the last good checkpoint and its resume state are whole.
+            status, message = "paused", f"{exc}; free some space, then resume the run"
         except NegaloraError as exc:
             status, message = "failed", str(exc)
             raise
@@ -549,6 +550,7 @@ class Trainer:
                 return "cancelled", "cancelled by the user", last_loss
             total = 0.0
             finite = True
+            faults.inject("train_step")
             for micro in range(config.grad_accum):
                 batch = self._batch(config, instance, text, step, micro, world, rank)
                 last_micro = micro == config.grad_accum - 1
@@ -626,8 +628,18 @@ class Trainer:
             accelerator.wait_for_everyone()  # no process runs ahead while the main one writes
 
     def _write_checkpoint(self, run_id, config, accelerator, unet, optimizer, step: int) -> None:
+        path = self.home.runs / run_id / "checkpoints" / f"step-{step:06d}.safetensors"
+        try:
+            self._write_checkpoint_files(run_id, config, accelerator, unet, optimizer, step, path)
+        except NegaloraError:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise disk_full(path, exc) from exc
+            raise
+
+    def _write_checkpoint_files(self, run_id, config, accelerator, unet, optimizer, step: int, path: Path) -> None:
         run_dir = self.home.runs / run_id
-        path = run_dir / "checkpoints" / f"step-{step:06d}.safetensors"
         raw = accelerator.unwrap_model(unet)
         pipe = self.model.pipe
         encoders = tuple(getattr(pipe, n) for n in TEXT_ENCODERS) if config.train_text_encoder else ()
@@ -679,7 +691,7 @@ class Trainer:
                 conditioner, prompt, config.token, seed=config.validation_seed, steps=config.validation_steps, size=size
             )
             path = out_dir / f"step-{step:06d}-{k}.png"
-            image.save(path)
+            atomic_write_bytes(path, _png(image), fault="image_write")
             paths.append(str(path))
         _move(pipe, self._frozen, "cpu")
         if was_training:

@@ -50,9 +50,18 @@ def run_app(home: Home, *, model: str | None, device: str | None, screenshot: Pa
     if screenshot is not None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = make_app()
+    from negalora.errors import DatabaseDamaged
     from negalora.ui.main_window import MainWindow
+    from negalora.ui.startup import ask_restore, open_database
 
+    try:
+        restored = open_database(home, ask=ask_restore if screenshot is None else lambda exc: False)
+    except DatabaseDamaged as exc:
+        print(f"negalora: error: {exc}", file=sys.stderr)
+        return 2
     window = MainWindow(home, device=device, model=model, start_worker=screenshot is None)
+    if restored:
+        window.statusBar().showMessage(restored, 30000)
     if page:
         window.show_page(page)
     if screenshot is None:

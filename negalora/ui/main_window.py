@@ -17,6 +17,7 @@ from negalora.ui.gallery_model import GalleryModel
 from negalora.ui.gallery_page import GalleryPage
 from negalora.ui.generate_page import GeneratePage
 from negalora.ui.jobs import JobController
+from negalora.ui.startup import reconcile_message
 from negalora.ui.thumbnails import ThumbnailCache
 from negalora.ui.train_page import TrainPage
 from negalora.ui.viewer import ImageViewer
@@ -30,6 +31,7 @@ class MainWindow(QMainWindow):
         self.home = home
         self.setWindowTitle("negalora")
         self.store = Store(home)
+        checked = reconcile_message(self.store)  # files added or removed while the app was closed
         self.thumbs = ThumbnailCache(home.cache / "thumbs", parent=self)
         self.gallery_model = GalleryModel(self.store, self.thumbs, self)
         self.jobs = JobController(home.root, device, self)
@@ -96,6 +98,8 @@ class MainWindow(QMainWindow):
         self.gallery_page.open_image.connect(self.open_image)
         self.generate_page.open_image.connect(self.open_image)
         self.gallery_page.status.connect(lambda m: self.statusBar().showMessage(m, 5000))
+        if checked:
+            self.statusBar().showMessage(checked, 30000)
         self.generate_page.generate.connect(self._submit)
         self.generate_page.cancel.connect(self._cancel)
         self.train_page.start.connect(lambda config: self._submit_train(config=config))

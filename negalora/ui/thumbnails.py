@@ -7,6 +7,8 @@ from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal
 from PySide6.QtGui import QImage, QImageReader, QPixmap
 
 THUMB_SIDE = 256
+QT_FORMATS = {"png", "jpeg", "jpg", "webp", "bmp", "tiff", "tif"}  # negalora.image_files.ALLOWED_FORMATS
+ALLOCATION_LIMIT_MB = 256  # a decompression bomb stops here; said explicitly, not left to Qt's default
 
 
 class _Signals(QObject):
@@ -29,6 +31,9 @@ class _LoadThumb(QRunnable):
         image = QImage(str(self.cached)) if self.cached.exists() else QImage()
         if image.isNull():
             reader = QImageReader(str(self.source))
+            if bytes(reader.format()).decode().lower() not in QT_FORMATS:
+                return QImage()  # a file swapped on disk for another kind: the same allow-list as import
+            reader.setAllocationLimit(ALLOCATION_LIMIT_MB)
             reader.setAutoTransform(True)  # EXIF orientation
             size = reader.size()
             if size.isValid() and max(size.width(), size.height()) > THUMB_SIDE:

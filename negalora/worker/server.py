@@ -149,10 +149,12 @@ class WorkerServer:
             self.out.send({"type": "failed", "job": job, "kind": "bad_input", "error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - report, keep serving
             kind = "out_of_memory" if "out of memory" in str(exc).lower() else "crash"
+            error = f"{type(exc).__name__}: {exc}"
             if kind == "out_of_memory":
                 _free_gpu_memory()
+                error = f"out of memory: lower the batch size or the image size ({exc})"
             traceback.print_exc(file=sys.stderr)
-            self.out.send({"type": "failed", "job": job, "kind": kind, "error": f"{type(exc).__name__}: {exc}"})
+            self.out.send({"type": "failed", "job": job, "kind": kind, "error": error})
         finally:
             with self.lock:
                 self.current = None

@@ -1,0 +1,105 @@
+"""Database backups (SQLite's backup API) in <home>/backups/, and putting one back in place.
+
+A backup is taken before each migration and once a day. It is written to a temp file, checked,
+fsynced, then renamed, so a crash leaves either a whole backup or none. Restoring never deletes or
+overwrites the damaged database: it is moved to <home>/damaged/<time>/ first.
+"""
+
+import os
+import re
+import shutil
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from negalora.atomic import _fsync_dir
+from negalora.errors import NegaloraError
+from negalora.home import Home
+from negalora.store.health import check_file, sidecar
+
+KEEP = 10  # newest backups kept; older ones are pruned after each new one
+DAILY = 24 * 3600
+_NAME = re.compile(r"^negalora-(\d{8}T\d{6}\d*)-(.+)\.db$")
+
+
+def backups(home: Home) -> list[Path]:
+    """Backups, newest first."""
+    if not home.backups.is_dir():
+        return []
+    found = [p for p in home.backups.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: _NAME.match(p.name).group(1), reverse=True)
+
+
+def taken_at(path: Path) -> datetime:
+    stamp = _NAME.match(Path(path).name).group(1)
+    return datetime.strptime(stamp[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+
+
+def make_backup(conn: sqlite3.Connection, home: Home, label: str) -> Path:
+    home.backups.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    target = home.backups / f"negalora-{stamp}-{label}.db"
+    tmp = home.backups / f".{target.name}.{os.getpid()}.tmp"
+    try:
+        dest = sqlite3.connect(str(tmp))
+        try:
+            conn.backup(dest)
+            ok = dest.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            dest.close()
+        if ok != "ok":
+            raise NegaloraError(f"{target}: the backup does not check out ({ok})")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(home.backups)
+    prune(home)
+    return target
+
+
+def prune(home: Home, keep: int = KEEP) -> None:
+    for old in backups(home)[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def daily_due(home: Home) -> bool:
+    newest = backups(home)
+    return not newest or time.time() - newest[0].stat().st_mtime >= DAILY
+
+
+def restore_backup(home: Home, backup: Path | None = None) -> tuple[Path, Path | None]:
+    """Put ``backup`` (default: the newest sound one) in place of the database. The current database
+    and its -wal/-shm are moved to <home>/damaged/<time>/ first; returns (backup, that folder)."""
+    candidates = [Path(backup)] if backup else backups(home)
+    if not candidates:
+        raise NegaloraError(f"{home.backups}: no backup to restore")
+    chosen = None
+    for candidate in candidates:
+        if not candidate.is_file():
+            raise NegaloraError(f"{candidate}: no such backup")
+        damage = check_file(candidate)
+        if damage is None:
+            chosen = candidate
+            break
+        if backup:
+            raise NegaloraError(f"{candidate}: the backup itself is damaged ({damage.reason})")
+    if chosen is None:
+        raise NegaloraError(f"{home.backups}: every backup is damaged")
+    aside = None
+    parts = [p for p in (home.db_path, sidecar(home.db_path, "-wal"), sidecar(home.db_path, "-shm")) if p.exists()]
+    if parts:
+        aside = home.root / "damaged" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        aside.mkdir(parents=True)
+        for part in parts:
+            os.replace(part, aside / part.name)
+    tmp = home.root / f".{home.db_path.name}.restore.tmp"
+    shutil.copyfile(chosen, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, home.db_path)
+    _fsync_dir(home.root)
+    return chosen, aside
