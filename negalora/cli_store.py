@@ -17,11 +17,13 @@ def add_parsers(sub, add_common) -> None:
     r = sub.add_parser(
         "restore-backup",
         help="put a database backup in place of a damaged database",
-        description="The current database (and its -wal and -shm) is moved to <home>/damaged/<time>/, never "
-        "deleted; then the backup is copied in place. Backups are taken before each migration and daily.",
+        description="A copy of the current database (and its -wal and -shm) goes to <home>/damaged/<time>/, "
+        "never deleted; then the backup takes its place. A sound database is replaced only with --force. "
+        "Backups are taken before each migration and daily.",
     )
     r.add_argument("--backup", metavar="FILE", help="the backup to restore (default: the newest sound one)")
     r.add_argument("--list", action="store_true", help="list the backups, newest first, and change nothing")
+    r.add_argument("--force", action="store_true", help="replace a sound database too (close negalora first)")
     add_common(r)
 
     d = sub.add_parser(
@@ -80,7 +82,7 @@ def cmd_restore_backup(args) -> int:
         )
         return 0
     damage = check_file(home.db_path)
-    chosen, aside = restore_backup(home, Path(args.backup).expanduser() if args.backup else None)
+    chosen, aside = restore_backup(home, Path(args.backup).expanduser() if args.backup else None, force=args.force)
     _emit(
         args,
         {

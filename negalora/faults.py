@@ -5,14 +5,17 @@
 reached (counted per process). Unset, ``inject`` costs one dict lookup. The environment variable
 reaches the worker and CLI processes that the tests start.
 
-Points: ``image_write``, ``checkpoint_write``, ``export_write``, ``db_commit``, ``generate_step``,
-``train_step``.
+Points: ``image_write``, ``checkpoint_write``, ``resume_state_write``, ``export_write``,
+``db_commit``, ``generate_step``, ``train_step``. Kinds: ``enospc`` (a full disk), ``oom`` (the text
+of a CUDA out-of-memory error), ``crash`` (any other exception), ``stall`` (sleep
+``NEGALORA_FAULT_STALL`` seconds, default 5, so that a kill test's SIGKILL lands right there).
 """
 
 import errno
 import os
+import time
 
-_KINDS = ("enospc", "oom", "crash")
+_KINDS = ("enospc", "oom", "crash", "stall")
 
 
 def _parse(text: str) -> dict[str, tuple[str, int]]:
@@ -44,6 +47,9 @@ def inject(point: str, path: object = "") -> None:
     kind, nth = _rules[point]
     _hits[point] = _hits.get(point, 0) + 1
     if nth and _hits[point] != nth:
+        return
+    if kind == "stall":
+        time.sleep(float(os.environ.get("NEGALORA_FAULT_STALL", "5")))
         return
     if kind == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) if path else None)

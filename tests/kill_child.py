@@ -1,7 +1,7 @@
 """A writer for the kill tests: it works on a home until it is killed, and says on stdout what
 it is about to do ("begin") and what it has done ("ok"), one JSON line each, flushed.
 
-    python tests/kill_child.py store HOME SEED      # generate, import, rate, undo, delete (no model)
+    python tests/kill_child.py store HOME SEED      # generate, import, rate, undo, delete, back up (no model)
     python tests/kill_child.py generate HOME SEED   # render with the demo model, rate each image
 """
 
@@ -75,8 +75,18 @@ def store_loop(home: Home, seed: int) -> None:
             say("ok", op="import", id=done[0].id)
         elif r < 0.85:
             rate(store, rnd)
-        elif r < 0.95:
+        elif r < 0.93:
             undo(store)
+        elif r < 0.95:
+            say("begin", op="backup")
+            store.backup("kill-test")  # a kill here must leave whole backups only
+            say("ok", op="backup")
+        elif r < 0.96:
+            from negalora.store.reconcile import reconcile
+
+            say("begin", op="reconcile")
+            reconcile(store, temp_age=0)
+            say("ok", op="reconcile")
         else:
             known = ids(store)
             if len(known) > 5:

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from negalora.hashing import sha256_file
 from negalora.home import Home
 from negalora.store import Store
+from negalora.store.health import check_file
 from negalora.store.reconcile import reconcile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,12 +77,12 @@ class Ledger:
         assert all(actual[i] is None for i in new)
 
 
-def _kill_after(cmd: list[str], delay: float, ready=None, feed=None) -> bool:
+def _kill_after(cmd: list[str], delay: float, ready=None, feed=None, env: dict | None = None) -> bool:
     """Start ``cmd``; wait until it is ready (a stdout line starting with ``ready``, or a callable
     that returns True), then ``delay`` seconds; SIGKILL it. Every stdout line goes to ``feed``.
     Returns whether the kill happened (the process may have finished first)."""
     err_file = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads would fill up and stall the writer
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env)
     started = threading.Event()
     if ready is None:
         started.set()
@@ -154,6 +155,8 @@ def _assert_whole(home: Home, ledger: Ledger | None = None) -> dict:
         for run in store.runs():
             for ckpt in store.checkpoints(run["id"]):
                 assert sha256_file(ckpt["path"]) == ckpt["sha256"], ckpt["path"]
+        for backup in home.backups.glob("*.db") if home.backups.exists() else []:  # only whole backups
+            assert check_file(backup) is None, backup
         reconcile(store, temp_age=0)  # what the next start does: adopt orphans, drop temps
         files = {str(p) for p in home.images.rglob("*") if p.is_file()}
         assert {r["path"] for r in store.images()} == files
@@ -170,10 +173,13 @@ def test_store_writers_killed_at_random_moments_lose_nothing_confirmed(tmp_path)
     for trial in range(STORE_TRIALS):
         ledger = Ledger(verdicts)
         cmd = [sys.executable, str(CHILD), "store", str(home.root), str(trial + 1)]
-        kills += _kill_after(cmd, rnd.uniform(0.02, 0.4), "ready", ledger.feed)
+        if trial % 3 == 2:  # from the start: amid the health check, a migration or the daily backup
+            kills += _kill_after(cmd, rnd.uniform(0.2, 0.6), None, ledger.feed)
+        else:
+            kills += _kill_after(cmd, rnd.uniform(0.02, 0.4), "ready", ledger.feed)
         verdicts = _assert_whole(home, ledger)
         confirmed += ledger.confirmed
-    assert kills == STORE_TRIALS and confirmed > 10 * STORE_TRIALS  # the kills landed amid real work
+    assert kills == STORE_TRIALS and confirmed > 5 * STORE_TRIALS  # the kills landed amid real work
     print(f"store kills: {kills}, confirmed operations: {confirmed}, images: {len(verdicts)}")
 
 
@@ -232,15 +238,15 @@ def _assert_run_whole(home: Home) -> str | None:
 def test_training_and_export_killed_at_random_moments_resume_and_stay_whole(trained_home, tmp_path):
     home = trained_home
     rnd = random.Random(11)
-    kills = _kill_after(_train_cmd(home), rnd.uniform(0.0, 2.0), _checkpoint_after(home, 3))
+    train_kills = _kill_after(_train_cmd(home), rnd.uniform(0.0, 2.0), _checkpoint_after(home, 3))
     run_id = _assert_run_whole(home)
     store = Store(home)
     reached = store.run(run_id)["steps_done"]
     store.close()
-    kills += _kill_after(
-        _train_cmd(home, "--resume", run_id), rnd.uniform(0.0, 2.0), _checkpoint_after(home, reached + 3)
-    )
+    resume = _train_cmd(home, "--resume", run_id)
+    train_kills += _kill_after(resume, rnd.uniform(0.0, 2.0), _checkpoint_after(home, reached + 3))
     _assert_run_whole(home)
+    assert train_kills == 2
     done = subprocess.run(_train_cmd(home, "--resume", run_id), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:  # the kill may have come after the last checkpoint: nothing left to do
         assert "already finished" in done.stderr, done.stderr
@@ -250,14 +256,27 @@ def test_training_and_export_killed_at_random_moments_resume_and_stay_whole(trai
     store.close()
 
     out = tmp_path / "exports" / "wrong.safetensors"
-    for k in range(2):
+    export_kills = 0
+    for k, stall in enumerate((True, False)):
         cmd = [sys.executable, str(ROOT / "main.py"), "export", run_id, "--format", "kohya", "--out", str(out)]
         cmd += ["--step", str(24 - 3 * k), "--home", str(home.root), "--device", "cpu", "--json"]
-        # killed while it writes, reads back or verifies (its temp file is there), or just after
-        kills += _kill_after(cmd, rnd.uniform(0.0, 1.5), lambda: any(out.parent.glob(".wrong.safetensors.*")))
+        # once held mid-write (the temp file open, nothing in it yet), once at a random moment after
+        env = {**os.environ, "NEGALORA_FAULTS": "export_write=stall"} if stall else None
+        appeared = lambda: any(out.parent.glob(".wrong.safetensors.*"))  # noqa: E731
+        export_kills += _kill_after(cmd, rnd.uniform(0.0, 1.5), appeared, env=env)
         _assert_run_whole(home)
         if out.exists():  # either nothing, or a whole file
             with safe_open(str(out), framework="pt") as fh:
                 assert fh.metadata()["sshs_model_hash"] == sha256_file(out, skip_safetensors_header=True)
-        assert all(p.stat().st_size > 0 for p in out.parent.iterdir())
-    assert kills >= 3
+        visible = [p for p in out.parent.iterdir() if not p.name.startswith(".")]  # temps are hidden
+        assert all(p.stat().st_size > 0 for p in visible)
+    assert export_kills >= 1  # the held one always; the other when it had not finished
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "export", run_id, "--format", "kohya", "--out", str(out)]
+        + ["--home", str(home.root), "--device", "cpu", "--no-verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # the killed exports' temps are gone

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from store_helpers import add_generated, generated_png, pixels
@@ -137,7 +138,7 @@ def test_restore_refuses_a_damaged_backup(home, cli):
     [backup] = backup_files.backups(home)
     _smash_page(backup, 2)
     before = _digest(home.db_path)
-    result = cli("restore-backup", "--home", home.root, "--backup", backup)
+    result = cli("restore-backup", "--home", home.root, "--backup", backup, "--force")
     assert result.code == 2 and "the backup itself is damaged" in result.err
     assert _digest(home.db_path) == before
 
@@ -318,4 +319,97 @@ def test_the_app_offers_the_latest_backup_and_goes_on_only_if_the_artist_agrees(
     assert message.startswith("Restored the backup negalora-") and "damaged" in message
     store = Store(home)
     assert sorted(_verdicts(store)) == ids
+    store.close()
+
+
+def test_a_sound_database_is_replaced_only_with_force(home, cli):
+    ids = _filled(home, 2)
+    Store(home).close()
+    refused = cli("restore-backup", "--home", home.root)
+    assert refused.code == 2 and "the database is sound; give --force" in refused.err
+    assert cli("restore-backup", "--home", home.root, "--force").code == 0
+    store = Store(home)
+    assert sorted(_verdicts(store)) == ids
+    store.close()
+
+
+def test_a_missing_database_is_not_quietly_replaced_by_an_empty_one(home, cli):
+    _filled(home, 2)
+    Store(home).close()  # the day's backup
+    os.replace(home.db_path, home.root / "moved-away.db")
+    with pytest.raises(DatabaseDamaged, match="the database file is missing"):
+        Store(home)
+    assert not home.db_path.exists()
+    assert cli("restore-backup", "--home", home.root).code == 0
+    store = Store(home)
+    assert store.counts()["all"] == 2
+    store.close()
+    os.replace(home.db_path, home.root / "moved-away-2.db")
+    home.db_path.with_name("negalora.db-wal").write_bytes(b"\0" * 32)
+    with pytest.raises(DatabaseDamaged, match="missing beside its write-ahead log"):
+        Store(home)
+
+
+def test_a_database_being_written_and_checkpointed_is_never_called_damaged(home):
+    import threading
+
+    from negalora.store.health import check_file
+
+    _filled(home, 2)
+    stop = threading.Event()
+
+    def writer():
+        conn = sqlite3.connect(home.db_path, timeout=30)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            conn.execute(
+                "INSERT INTO models (name, source, location, hash, created) VALUES (?, 'x', 'x', ?, 'x')",
+                [f"m{n}", f"{n:064x}"],
+            )
+            conn.execute(
+                "INSERT INTO prompt_sets (name, prompts, seeds, created, updated) VALUES (?, ?, '[]', 'x', 'x')",
+                [f"p{n}", "[" + ",".join(['"x"'] * 400) + "]"],
+            )  # grows the file page by page
+            conn.commit()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        verdicts = [check_file(home.db_path) for _ in range(400)]
+    finally:
+        stop.set()
+        thread.join()
+    assert [v for v in verdicts if v is not None] == []
+
+
+def test_reconcile_never_follows_a_link_and_drops_only_second_copies(home, tmp_path):
+    ids = _filled(home, 2)
+    outside = tmp_path / "my-pictures"
+    outside.mkdir()
+    pixels(70).save(outside / "mine.png")
+    (home.images / "linked").symlink_to(outside, target_is_directory=True)
+    store = Store(home)
+    original = Path(store.image(ids[0])["path"])
+    copy = original.with_suffix(".jpeg")  # the same bytes under another suffix
+    copy.write_bytes(original.read_bytes())
+    report = reconcile(store, temp_age=0)
+    assert (outside / "mine.png").exists() and report.adopted == []  # the link's target is the artist's own
+    assert report.duplicates_removed == [rel(home, copy)] and not copy.exists() and original.exists()
+    assert not reconcile(store, temp_age=0).changed
+    store.close()
+
+
+def test_a_checkpoint_pruned_in_the_database_but_not_on_disk_is_removed(home):
+    store = Store(home)
+    store.create_run("r2", None, "{}", 3)
+    path = home.runs / "r2" / "checkpoints" / "step-000010.safetensors"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x")
+    store.add_checkpoint("r2", 10, path, "00")
+    store.mark_checkpoint_removed("r2", 10)  # keep-last-K's first half, then a kill
+    report = reconcile(store)
+    assert report.pruned_leftovers == [rel(home, path)] and not path.exists()
     store.close()

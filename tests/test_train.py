@@ -194,6 +194,38 @@ def test_disk_full_at_a_checkpoint_pauses_the_run_and_resume_finishes_it(home):
     store.close()
 
 
+def test_a_disk_too_full_to_save_the_state_or_the_outcome_still_pauses(home, monkeypatch):
+    from negalora import faults
+    from negalora.errors import DiskFull
+
+    store = _seed_rejects(home, 4)
+    model = _model(home)
+    real = store.update_run
+
+    def full_when_pausing(run_id, **fields):
+        if fields.get("status") == "paused":
+            raise DiskFull(f"{home.db_path}: disk full")
+        return real(run_id, **fields)
+
+    monkeypatch.setattr(store, "update_run", full_when_pausing)
+    faults.configure("resume_state_write=enospc@1")  # the first checkpoint's optimizer state
+    events = []
+    try:
+        result = Trainer(home, store, model, on_event=events.append).start(
+            _config(steps=10, checkpoint_every=5, validation_steps=0, batch=1)
+        )
+    finally:
+        faults.configure("")
+    assert result.status == "paused" and result.steps_done == 0 and store.checkpoints(result.run_id) == []
+    assert "state.safetensors: disk full" in result.message and "could not be saved" in result.message
+    assert any(e["type"] == "run_finished" and e["status"] == "paused" for e in events)
+    assert not [p for p in (home.runs / result.run_id / "checkpoints").iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(store, "update_run", real)
+    resumed = Trainer(home, store, model).resume(result.run_id)  # from the start: no checkpoint was whole
+    assert resumed.status == "done" and resumed.steps_done == 10
+    store.close()
+
+
 def test_nan_is_skipped_then_stops_keeping_the_last_good_checkpoint(home, monkeypatch):
     store = _seed_rejects(home, 4)
     model = _model(home)

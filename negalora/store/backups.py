@@ -1,8 +1,8 @@
 """Database backups (SQLite's backup API) in <home>/backups/, and putting one back in place.
 
 A backup is taken before each migration and once a day. It is written to a temp file, checked,
-fsynced, then renamed, so a crash leaves either a whole backup or none. Restoring never deletes or
-overwrites the damaged database: it is moved to <home>/damaged/<time>/ first.
+fsynced, then renamed, so a crash leaves either a whole backup or none. Restoring never deletes the
+database it replaces: a copy goes to <home>/damaged/<time>/ first.
 """
 
 import os
@@ -63,7 +63,8 @@ def make_backup(conn: sqlite3.Connection, home: Home, label: str) -> Path:
 
 def prune(home: Home, keep: int = KEEP) -> None:
     for old in backups(home)[keep:]:
-        old.unlink(missing_ok=True)
+        for part in (sidecar(old, "-wal"), sidecar(old, "-shm"), old):
+            part.unlink(missing_ok=True)
 
 
 def daily_due(home: Home) -> bool:
@@ -71,9 +72,15 @@ def daily_due(home: Home) -> bool:
     return not newest or time.time() - newest[0].stat().st_mtime >= DAILY
 
 
-def restore_backup(home: Home, backup: Path | None = None) -> tuple[Path, Path | None]:
-    """Put ``backup`` (default: the newest sound one) in place of the database. The current database
-    and its -wal/-shm are moved to <home>/damaged/<time>/ first; returns (backup, that folder)."""
+def restore_backup(home: Home, backup: Path | None = None, *, force: bool = False) -> tuple[Path, Path | None]:
+    """Put ``backup`` (default: the newest sound one) in place of the database; returns it and the
+    folder the old database was kept in. A sound database is replaced only with ``force``.
+
+    The order keeps a database in place at every moment: the backup is copied beside it first, the
+    old files are copied aside, its log and index are moved aside, and one rename swaps the file."""
+    damage = check_file(home.db_path)
+    if home.db_path.exists() and damage is None and not force:
+        raise NegaloraError(f"{home.db_path}: the database is sound; give --force to replace it with a backup anyway")
     candidates = [Path(backup)] if backup else backups(home)
     if not candidates:
         raise NegaloraError(f"{home.backups}: no backup to restore")
@@ -81,25 +88,33 @@ def restore_backup(home: Home, backup: Path | None = None) -> tuple[Path, Path |
     for candidate in candidates:
         if not candidate.is_file():
             raise NegaloraError(f"{candidate}: no such backup")
-        damage = check_file(candidate)
-        if damage is None:
+        problem = check_file(candidate)
+        if problem is None:
             chosen = candidate
             break
         if backup:
-            raise NegaloraError(f"{candidate}: the backup itself is damaged ({damage.reason})")
+            raise NegaloraError(f"{candidate}: the backup itself is damaged ({problem.reason})")
     if chosen is None:
         raise NegaloraError(f"{home.backups}: every backup is damaged")
+    tmp = home.root / f".{home.db_path.name}.restore.tmp"
+    _copy_synced(chosen, tmp)
     aside = None
-    parts = [p for p in (home.db_path, sidecar(home.db_path, "-wal"), sidecar(home.db_path, "-shm")) if p.exists()]
-    if parts:
+    wal, shm = sidecar(home.db_path, "-wal"), sidecar(home.db_path, "-shm")
+    if home.db_path.exists() or wal.exists():
         aside = home.root / "damaged" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         aside.mkdir(parents=True)
-        for part in parts:
-            os.replace(part, aside / part.name)
-    tmp = home.root / f".{home.db_path.name}.restore.tmp"
-    shutil.copyfile(chosen, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+        if home.db_path.exists():
+            _copy_synced(home.db_path, aside / home.db_path.name)
+        for part in (wal, shm):  # an old log must never be replayed onto the restored file
+            if part.exists():
+                os.replace(part, aside / part.name)
+        _fsync_dir(aside)
     os.replace(tmp, home.db_path)
     _fsync_dir(home.root)
     return chosen, aside
+
+
+def _copy_synced(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)
+    with open(dest, "rb") as fh:
+        os.fsync(fh.fileno())

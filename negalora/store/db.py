@@ -44,6 +44,9 @@ class Store(EvaluationTables):
         damage = check_file(home.db_path)
         if damage is not None:
             raise DatabaseDamaged(home.db_path, damage.reason, backup_files.backups(home))
+        if not home.db_path.exists() and backup_files.backups(home):
+            # A new, empty database would quietly stand in for the lost one.
+            raise DatabaseDamaged(home.db_path, "the database file is missing", backup_files.backups(home))
         try:
             conn = sqlite3.connect(str(home.db_path), timeout=30, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -288,12 +291,21 @@ class Store(EvaluationTables):
                     [image_id, sha, path, now()],
                 )
                 gone.append((image_id, path))
-        for _, path in gone:
-            (self.home.root / path).unlink(missing_ok=True)
-        with self._write():
-            for image_id, _ in gone:
-                self.db.execute("UPDATE deleted_images SET file_removed = 1 WHERE id = ?", [image_id])
+        for image_id, path in gone:
+            self.remove_deleted_file(image_id, path)
         return ids
+
+    def remove_deleted_file(self, deleted_id: int, path: str) -> bool:
+        """Unlink a deleted image's file under the write lock, unless the same pixels came back as a
+        new image meanwhile (another process adding them holds that lock while it writes the file)."""
+        with self._write():
+            if self.db.execute("SELECT 1 FROM images WHERE path = ?", [path]).fetchone():
+                removed = False
+            else:
+                (self.home.root / path).unlink(missing_ok=True)
+                removed = True
+            self.db.execute("UPDATE deleted_images SET file_removed = 1 WHERE id = ?", [deleted_id])
+        return removed
 
     def set_missing(self, image_ids: list[int], missing: bool) -> None:
         if not image_ids:
@@ -301,10 +313,6 @@ class Store(EvaluationTables):
         with self._write():
             for image_id in image_ids:
                 self.db.execute("UPDATE images SET missing = ? WHERE id = ?", [int(missing), image_id])
-
-    def mark_file_removed(self, deleted_id: int) -> None:
-        with self._write():
-            self.db.execute("UPDATE deleted_images SET file_removed = 1 WHERE id = ?", [deleted_id])
 
     # -- ratings --------------------------------------------------------------------------
 

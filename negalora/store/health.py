@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAGIC = b"SQLite format 3\x00"
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,13 @@ def sidecar(db_path: Path, suffix: str) -> Path:
 def check_file(db_path: Path) -> Damage | None:
     """None when the database is sound or does not exist yet; else what is wrong with it."""
     db_path = Path(db_path)
+    wal, shm = sidecar(db_path, "-wal"), sidecar(db_path, "-shm")
     try:
         size = db_path.stat().st_size
     except FileNotFoundError:
+        if wal.exists():
+            return Damage(db_path, f"the database file is missing beside its write-ahead log ({wal.name})")
         return None
-    wal, shm = sidecar(db_path, "-wal"), sidecar(db_path, "-shm")
     if size == 0:
         return Damage(db_path, "empty file (0 bytes)") if wal.exists() or shm.exists() else None
     with open(db_path, "rb") as fh:
@@ -43,10 +46,13 @@ def check_file(db_path: Path) -> Damage | None:
     if page_size < 512 or page_size & (page_size - 1):
         return Damage(db_path, f"damaged header (page size {page_size})")
     pages, counter, valid_for = struct.unpack(">I", head[28:32])[0], head[24:28], head[92:96]
-    if size % page_size:
-        return Damage(db_path, f"cut short ({size} bytes is not a whole number of {page_size}-byte pages)")
-    if counter == valid_for and pages and size < pages * page_size:
-        return Damage(db_path, f"cut short ({size} of {pages * page_size} bytes)")
+    # With a log beside it another process may be checkpointing right now (page 1 is written before the
+    # file grows), so the size says nothing for sure; quick_check reads a consistent snapshot instead.
+    if not wal.exists():
+        if size % page_size:
+            return Damage(db_path, f"cut short ({size} bytes is not a whole number of {page_size}-byte pages)")
+        if counter == valid_for and pages and size < pages * page_size:
+            return Damage(db_path, f"cut short ({size} of {pages * page_size} bytes)")
     if head[18] == 2 and shm.exists() and not wal.exists():
         return Damage(
             db_path, f"its write-ahead log ({wal.name}) was deleted; the changes it held are lost from this file"
@@ -57,14 +63,16 @@ def check_file(db_path: Path) -> Damage | None:
 def _quick_check(db_path: Path) -> Damage | None:
     try:
         conn = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, timeout=30)
-    except sqlite3.Error as exc:
-        return Damage(db_path, f"cannot be opened ({exc})")
-    try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
     except sqlite3.DatabaseError as exc:
-        return Damage(db_path, str(exc))
-    finally:
-        conn.close()
+        # Only SQLite's "corrupt" and "not a database" are damage; locked, busy or I/O errors say nothing
+        # about the file, and opening it for real reports them.
+        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+            return Damage(db_path, str(exc))
+        return None
     # A row can hold several lines, and SQLite starts the first with "*** in database main ***".
     text = "\n".join(str(r[0]) for r in rows if r[0] != "ok").replace("*** in database main ***", "")
     problems = [line.strip() for line in text.splitlines() if line.strip()]

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from negalora import faults
 from negalora.atomic import FILE_MODE
 from negalora.errors import NegaloraError
 from negalora.safetensors_check import check_safetensors
@@ -54,11 +55,12 @@ def save_resume_state(
         "extra": extra or {},
     }
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # .tmp: reconcile sweeps it
     if hasattr(os, "fchmod"):
         os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
+        faults.inject("resume_state_write", path)
         save_file(tensors, tmp, metadata={"negalora": json.dumps(meta)})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

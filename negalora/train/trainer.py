@@ -503,11 +503,15 @@ class Trainer:
             if self.model.placement.vae_dtype != pipe.vae.dtype:
                 pipe.vae.to(dtype=self.model.placement.vae_dtype)
             steps_done = max([c["step"] for c in self.store.checkpoints(run_id)] or [0])
-            if self._main:
-                self.store.update_run(
-                    run_id, status=status, message=message, steps_done=steps_done, final_loss=last_loss
-                )
-            self._log(run_dir, f"{status} at step {steps_done} {message}".strip())
+            try:
+                if self._main:
+                    self.store.update_run(
+                        run_id, status=status, message=message, steps_done=steps_done, final_loss=last_loss
+                    )
+                self._log(run_dir, f"{status} at step {steps_done} {message}".strip())
+            except (DiskFull, OSError) as exc:
+                # A disk too full to record the outcome must not hide it: the result and event still go out.
+                message = f"{message} (the run's status could not be saved: {exc})".strip()
         result = RunResult(
             run_id, status, steps_done, last_loss, [c["path"] for c in self.store.checkpoints(run_id)], message
         )
@@ -635,7 +639,7 @@ class Trainer:
             raise
         except Exception as exc:
             if is_disk_full(exc):
-                raise disk_full(path, exc) from exc
+                raise disk_full(getattr(exc, "filename", None) or path, exc) from exc  # the file that did not fit
             raise
 
     def _write_checkpoint_files(self, run_id, config, accelerator, unet, optimizer, step: int, path: Path) -> None:
@@ -664,9 +668,10 @@ class Trainer:
         for old in kept[: -config.keep_last]:
             if old["step"] == best:
                 continue  # the artist chose it: keep-last-K never removes it
+            # The row first: a kill between the two leaves a file that reconcile sweeps, never a row without its file.
+            self.store.mark_checkpoint_removed(run_id, old["step"])
             Path(old["path"]).unlink(missing_ok=True)
             _state_path(Path(old["path"])).unlink(missing_ok=True)
-            self.store.mark_checkpoint_removed(run_id, old["step"])
 
     @torch.no_grad()
     def _validate(self, run_id: str, config: TrainConfig, unet, step: int) -> None:

@@ -50,13 +50,13 @@ def run_app(home: Home, *, model: str | None, device: str | None, screenshot: Pa
     if screenshot is not None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = make_app()
-    from negalora.errors import DatabaseDamaged
+    from negalora.errors import NegaloraError
     from negalora.ui.main_window import MainWindow
     from negalora.ui.startup import ask_restore, open_database
 
     try:
         restored = open_database(home, ask=ask_restore if screenshot is None else lambda exc: False)
-    except DatabaseDamaged as exc:
+    except NegaloraError as exc:  # damaged and declined, or no sound backup to restore
         print(f"negalora: error: {exc}", file=sys.stderr)
         return 2
     window = MainWindow(home, device=device, model=model, start_worker=screenshot is None)

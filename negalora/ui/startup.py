@@ -3,7 +3,7 @@ backup), and after it opens: reconcile the files changed outside the app."""
 
 from collections.abc import Callable
 
-from negalora.errors import DatabaseDamaged
+from negalora.errors import DatabaseDamaged, NegaloraError
 from negalora.home import Home
 from negalora.store import Store
 from negalora.store.backups import restore_backup
@@ -43,6 +43,9 @@ def open_database(home: Home, ask: Callable[[DatabaseDamaged], bool] = ask_resto
 def reconcile_message(store: Store) -> str:
     from negalora.store.reconcile import reconcile
 
-    report = reconcile(store)
+    try:
+        report = reconcile(store)
+    except (OSError, NegaloraError) as exc:  # a full disk or a file it may not touch: say so, open anyway
+        return f"Could not check the files: {exc}"
     lines = report.lines() + ([store.backup_error] if store.backup_error else [])
     return "Checked the files: " + "; ".join(lines) if lines else ""
