@@ -545,6 +545,9 @@ class Trainer:
             return bool(accelerator.reduce(torch.tensor([float(flag)], device=device), reduction="sum").item() > 0)
 
         unet.train()
+        # Only the loss's forward and backward go through the compiled module; it shares the UNet's
+        # parameters, so checkpoints, validation and generation use the plain UNet as before.
+        forward = torch.compile(unet, backend=config.compile) if config.compile else unet
         nan_run = 0
         last_loss = None
         t_start = time.monotonic()
@@ -560,10 +563,12 @@ class Trainer:
                 last_micro = micro == config.grad_accum - 1
                 # gradients are averaged across processes once per step, on the last micro-batch
                 with accelerator.autocast(), nullcontext() if last_micro else accelerator.no_sync(unet):
-                    loss = self._loss(unet, noise_scheduler, config, batch, step, micro, device, weight_dtype)
+                    loss = self._loss(forward, noise_scheduler, config, batch, step, micro, device, weight_dtype)
                     if class_samples:  # prior preservation: the base model's own images, beside the rejects
                         cbatch = self._batch(config, class_samples, text, step, micro, world, rank, stream=1)
-                        closs = self._loss(unet, noise_scheduler, config, cbatch, step, micro, device, weight_dtype, 1)
+                        closs = self._loss(
+                            forward, noise_scheduler, config, cbatch, step, micro, device, weight_dtype, 1
+                        )
                         loss = loss + config.prior_weight * closs
                     if anywhere(not torch.isfinite(loss)):
                         finite = False

@@ -97,6 +97,8 @@ class TrainPage(QWidget):
         self.text_encoder = QCheckBox("Text encoders too")
         self.prior = QCheckBox("Prior preservation")
         self.prior.setToolTip("Train beside class images the base model makes first (DreamBooth's prior loss).")
+        self.compile = QCheckBox("Compile (long runs)")
+        self.compile.setToolTip("torch.compile the training step: faster steps after a compile of a few minutes.")
         self.reasons = QLineEdit()
         self.reasons.setPlaceholderText("all reasons (or e.g. hands, text)")
 
@@ -122,7 +124,7 @@ class TrainPage(QWidget):
             grid.addWidget(QLabel(label), i // 3, (i % 3) * 2)
             grid.addWidget(widget, i // 3, (i % 3) * 2 + 1)
         checks = QHBoxLayout()
-        for c in (self.flip, self.feed_forward, self.text_encoder, self.with_reasons, self.prior):
+        for c in (self.flip, self.feed_forward, self.text_encoder, self.with_reasons, self.prior, self.compile):
             checks.addWidget(c)
         checks.addStretch(1)
         settings = QGroupBox("Settings")
@@ -240,6 +242,7 @@ class TrainPage(QWidget):
         self.with_reasons.setChecked(c.captions_with_reasons)
         self.prior.setChecked(c.prior_preservation)
         self.text_encoder.setChecked(c.train_text_encoder)
+        self.compile.setChecked(bool(c.compile))
         self.reasons.setText(", ".join(c.reasons))
 
     def config(self) -> TrainConfig:
@@ -264,6 +267,7 @@ class TrainPage(QWidget):
             captions_with_reasons=self.with_reasons.isChecked(),
             prior_preservation=self.prior.isChecked(),
             train_text_encoder=self.text_encoder.isChecked(),
+            compile=(self._base.compile or "inductor") if self.compile.isChecked() else "",
             reasons=reasons,
         )
 
