@@ -108,6 +108,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--train-steps", type=int)
     parser.add_argument("--rank", type=int)
+    parser.add_argument("--feed-forward", action="store_true", help="the LoRA on the feed-forward layers too")
+    parser.add_argument("--guidance", type=float, help="CFG of the session and of every column (default 7)")
     parser.add_argument("--scale", type=float)
     parser.add_argument("--no-prior", action="store_true", help="skip the prior-preservation LoRA")
     parser.add_argument("--report", type=Path, help="write the Markdown report here (and the grid beside it)")
@@ -123,6 +125,8 @@ def main() -> int:
     for key, value in (("lr", args.lr), ("steps", args.train_steps), ("rank", args.rank)):
         if value is not None:
             train[key] = value
+    if args.feed_forward:
+        train["feed_forward"] = True
     from dataclasses import replace
 
     cfg = replace(
@@ -130,6 +134,7 @@ def main() -> int:
         session_images=args.session or cfg.session_images,
         held_out_prompts=args.prompts or cfg.held_out_prompts,
         scale=args.scale if args.scale is not None else cfg.scale,
+        guidance=args.guidance if args.guidance is not None else cfg.guidance,
         train=train,
         prior_preservation=(False,) if args.no_prior else cfg.prior_preservation,
     )
