@@ -3,6 +3,8 @@ it is about to do ("begin") and what it has done ("ok"), one JSON line each, flu
 
     python tests/kill_child.py store HOME SEED      # generate, import, rate, undo, delete, back up (no model)
     python tests/kill_child.py generate HOME SEED   # render with the demo model, rate each image
+    python tests/kill_child.py train HOME SEED      # the trainer, called directly (24 steps, as the CLI test)
+    python tests/kill_child.py export HOME RUN OUT  # export_lora, called directly (kohya, no reload check)
 """
 
 import json
@@ -115,6 +117,32 @@ def generate_loop(home: Home, seed: int) -> None:
         rate(store, rnd)
 
 
+def train(home: Home, seed: int) -> None:
+    from negalora.device import choose_placement
+    from negalora.models.loader import load_model
+    from negalora.train.config import preset
+    from negalora.train.trainer import Trainer
+
+    store = Store(home)
+    model = load_model("demo", home, choose_placement("cpu"))
+    config = preset("cpu-demo", steps=24, batch=1, checkpoint_every=3, keep_last=2, validation_steps=1, seed=seed)
+    say("ready")
+    result = Trainer(home, store, model).start(config)
+    say("ok", op="train", run=result.run_id, status=result.status)
+
+
+def export(home: Home, run_id: str, out: str) -> None:
+    from negalora.export import ExportRequest, export_lora
+
+    store = Store(home)
+    say("ready")
+    result = export_lora(store, ExportRequest(run_id, "kohya", out=out, verify=False))
+    say("ok", op="export", path=result.path)
+
+
 if __name__ == "__main__":
-    mode, root, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    {"store": store_loop, "generate": generate_loop}[mode](Home(root), seed)
+    mode, root = sys.argv[1], Path(sys.argv[2])
+    if mode == "export":
+        export(Home(root), sys.argv[3], sys.argv[4])
+    else:
+        {"store": store_loop, "generate": generate_loop, "train": train}[mode](Home(root), int(sys.argv[3]))

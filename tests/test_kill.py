@@ -238,7 +238,10 @@ def _assert_run_whole(home: Home) -> str | None:
 def test_training_and_export_killed_at_random_moments_resume_and_stay_whole(trained_home, tmp_path):
     home = trained_home
     rnd = random.Random(11)
-    train_kills = _kill_after(_train_cmd(home), rnd.uniform(0.0, 2.0), _checkpoint_after(home, 3))
+    # the trainer called directly in a process of its own, then the CLI resuming it
+    train_kills = _kill_after(
+        [sys.executable, str(CHILD), "train", str(home.root), "3"], rnd.uniform(0.0, 2.0), _checkpoint_after(home, 3)
+    )
     run_id = _assert_run_whole(home)
     store = Store(home)
     reached = store.run(run_id)["steps_done"]
@@ -260,7 +263,9 @@ def test_training_and_export_killed_at_random_moments_resume_and_stay_whole(trai
     for k, stall in enumerate((True, False)):
         cmd = [sys.executable, str(ROOT / "main.py"), "export", run_id, "--format", "kohya", "--out", str(out)]
         cmd += ["--step", str(24 - 3 * k), "--home", str(home.root), "--device", "cpu", "--json"]
-        # once held mid-write (the temp file open, nothing in it yet), once at a random moment after
+        if stall:  # export_lora called directly, held mid-write (the temp file open, nothing in it yet)
+            cmd = [sys.executable, str(CHILD), "export", str(home.root), run_id, str(out)]
+        # then the CLI, killed at a random moment once its temp file is there
         env = {**os.environ, "NEGALORA_FAULTS": "export_write=stall"} if stall else None
         appeared = lambda: any(out.parent.glob(".wrong.safetensors.*"))  # noqa: E731
         export_kills += _kill_after(cmd, rnd.uniform(0.0, 1.5), appeared, env=env)
