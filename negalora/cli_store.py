@@ -1,7 +1,8 @@
 """The CLI's housekeeping commands: check the database and files, restore a backup, delete images."""
 
-import json
 import sys
+
+from negalora.cli import _emit  # the one --json / text printer of every command
 
 
 def add_parsers(sub, add_common) -> None:
@@ -33,14 +34,6 @@ def add_parsers(sub, add_common) -> None:
     )
     d.add_argument("image_id", type=int, nargs="+", metavar="IMAGE_ID")
     add_common(d)
-
-
-def _emit(args, payload: dict, lines: list[str]) -> None:
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
-        for line in lines:
-            print(line)
 
 
 def cmd_check(args) -> int:

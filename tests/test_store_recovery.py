@@ -290,13 +290,19 @@ def rel(home, path) -> str:
     return os.path.relpath(path, home.root).replace(os.sep, "/")
 
 
-def test_a_checkpoint_removed_by_hand_is_marked_removed(home):
-    store = Store(home)
-    store.create_run("r1", None, "{}", 3)
-    path = home.runs / "r1" / "checkpoints" / "step-000010.safetensors"
+def _run_with_checkpoint(store, run_id: str) -> Path:
+    """A run row with one recorded checkpoint file at step 10."""
+    store.create_run(run_id, None, "{}", 3)
+    path = store.home.runs / run_id / "checkpoints" / "step-000010.safetensors"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"x")
-    store.add_checkpoint("r1", 10, path, "00")
+    store.add_checkpoint(run_id, 10, path, "00")
+    return path
+
+
+def test_a_checkpoint_removed_by_hand_is_marked_removed(home):
+    store = Store(home)
+    path = _run_with_checkpoint(store, "r1")
     path.unlink()
     report = reconcile(store)
     assert report.checkpoints_gone == [str(path)] and store.checkpoints("r1") == []
@@ -404,11 +410,7 @@ def test_reconcile_never_follows_a_link_and_drops_only_second_copies(home, tmp_p
 
 def test_a_checkpoint_pruned_in_the_database_but_not_on_disk_is_removed(home):
     store = Store(home)
-    store.create_run("r2", None, "{}", 3)
-    path = home.runs / "r2" / "checkpoints" / "step-000010.safetensors"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"x")
-    store.add_checkpoint("r2", 10, path, "00")
+    path = _run_with_checkpoint(store, "r2")
     store.mark_checkpoint_removed("r2", 10)  # keep-last-K's first half, then a kill
     report = reconcile(store)
     assert report.pruned_leftovers == [rel(home, path)] and not path.exists()
