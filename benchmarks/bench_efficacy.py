@@ -82,10 +82,14 @@ def verdict(result) -> list[str]:
     change = (default.rate - base.rate) / base.rate if base.rate else 0.0
     apart = default.interval[1] < base.interval[0]
     goal = change <= -0.4 and apart and base.rate >= 0.10
+    paired = default.against(base)
     return [
         f"- Fewest defects of the LoRA ways: **{best.label}** ({best.rate:.1%}).",
         f"- The product's default way ({default.label}) against base: {change:+.0%} relative; "
         f"the 95% intervals {'do not overlap' if apart else 'overlap'}.",
+        f"- Row by row (the same prompt, seed and noise): of the {paired['base_defective']} rows where base "
+        f"drew a defect, the default way drew none on {paired['fixed']}; of the {base.n - paired['base_defective']} "
+        f"clean rows it drew one on {paired['broken']}.",
         f"- Goal (base at least 10%, the default way at least 40% below it, intervals apart): "
         f"**{'met' if goal else 'not met'}**.",
     ]
@@ -103,13 +107,17 @@ def sample_grid(result) -> Image.Image:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small version (a few minutes)")
-    parser.add_argument("--session", type=int, help="session images (default 1000)")
+    parser.add_argument("--session", type=int, help="session images (default 2000)")
     parser.add_argument("--prompts", type=int, help="held-out prompts (default 200; x 5 seeds)")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--train-steps", type=int)
-    parser.add_argument("--rank", type=int)
-    parser.add_argument("--feed-forward", action="store_true", help="the LoRA on the feed-forward layers too")
-    parser.add_argument("--guidance", type=float, help="CFG of the session and of every column (default 7)")
+    parser.add_argument("--lr", type=float, help="the LoRA's learning rate (default 3e-4)")
+    parser.add_argument("--train-steps", type=int, help="training steps (default 800, batch 4)")
+    parser.add_argument("--rank", type=int, help="the LoRA's rank (default 16)")
+    parser.add_argument(
+        "--feed-forward",
+        action=argparse.BooleanOptionalAction,
+        help="the LoRA on the feed-forward layers too (default: on)",
+    )
+    parser.add_argument("--guidance", type=float, help="CFG of the session and of every column (default 3)")
     parser.add_argument("--scale", type=float)
     parser.add_argument("--no-prior", action="store_true", help="skip the prior-preservation LoRA")
     parser.add_argument("--report", type=Path, help="write the Markdown report here (and the grid beside it)")
@@ -125,8 +133,8 @@ def main() -> int:
     for key, value in (("lr", args.lr), ("steps", args.train_steps), ("rank", args.rank)):
         if value is not None:
             train[key] = value
-    if args.feed_forward:
-        train["feed_forward"] = True
+    if args.feed_forward is not None:
+        train["feed_forward"] = args.feed_forward
     from dataclasses import replace
 
     cfg = replace(

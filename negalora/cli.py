@@ -138,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(w)
 
     t = sub.add_parser("train", help="train the 'wrong' LoRA from the rejected images")
-    t.add_argument("--preset", default="woolf", metavar="NAME", help="woolf (default), 12gb or cpu-demo")
+    t.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="woolf, 12gb or cpu-demo (default: cpu-demo on the demo model, the recipe measured in "
+        "docs/efficacy.md; woolf on an SDXL)",
+    )
     t.add_argument("--token", metavar="T", help="instance token (default wrong)")
     t.add_argument("--rank", type=int, metavar="R")
     t.add_argument("--alpha", type=float, metavar="A", help="LoRA alpha (default: the rank)")
@@ -490,13 +495,14 @@ TRAIN_FIELDS = (
 
 
 def cmd_train(args) -> int:
-    from negalora.train.config import preset
+    from negalora.home import resolve_home
+    from negalora.train.config import default_preset, preset
     from negalora.train.trainer import Trainer
 
     overrides = {f: getattr(args, f) for f in TRAIN_FIELDS}
     for f in ("validation_prompts", "reasons", "extra"):
         overrides[f] = tuple(overrides[f]) if overrides[f] else None
-    config = preset(args.preset, **overrides)
+    config = preset(args.preset or default_preset(_model_spec(args, resolve_home(args.home))), **overrides)
     config.check()
     home, model = _load_model(args)
     from negalora.store import Store

@@ -7,3 +7,4 @@ CLIP_TOKENIZER = ROOT / "clip_tokenizer"
 SDXL_BASE_CONFIG = ROOT / "sdxl_base"
 SDXL_REFINER_CONFIG = ROOT / "sdxl_refiner"
 DEMO_MODEL = ROOT / "demo_model"  # the trained demo model's weights (tokenizers: CLIP_TOKENIZER)
+DEMO_NAME = "demo"  # how a model spec names the embedded demo model

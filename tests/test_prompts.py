@@ -74,3 +74,25 @@ def test_malformed_prompt_exits_2(cli, home):
     assert "unclosed '('" in r.err and "column 3" in r.err
     assert len(r.err.strip().splitlines()) == 1
     assert not home.root.exists()
+
+
+def test_the_conditioning_cache_keeps_the_recently_used_within_its_byte_budget(generator, monkeypatch):
+    from negalora.prompts import Conditioner
+
+    cond = Conditioner(generator.model.pipe)
+    calls = []
+    real = cond._compel.__call__
+    monkeypatch.setattr(cond, "_compel", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = cond.encode("a red circle", "wrong")
+    one = first.nbytes
+    cond._cache_bytes = 2 * one  # room for two prompt pairs
+    assert cond.encode("a red circle", "wrong") is first and len(calls) == 1  # a hit encodes nothing
+    cond.encode("a blue square", "wrong")
+    assert cond.encode("a red circle", "wrong") is first  # used again: now the newest
+    cond.encode("a green triangle", "wrong")  # over budget: the least recently used one goes
+    assert cond.cached == 2 and len(calls) == 3
+    assert cond.encode("a red circle", "wrong") is first and len(calls) == 3
+    again = cond.encode("a blue square", "wrong")
+    assert len(calls) == 4 and torch.equal(again.embeds, cond.encode("a blue square", "wrong").embeds)
+    cond.clear()
+    assert cond.cached == 0 and cond.encode("a red circle", "wrong") is not first and len(calls) == 5

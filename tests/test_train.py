@@ -17,7 +17,7 @@ from negalora.generate import GenerateRequest, Generator
 from negalora.models.demo import DEMO_SIZE
 from negalora.models.loader import load_model
 from negalora.store import Store
-from negalora.train.config import PRESETS, TrainConfig, preset
+from negalora.train.config import PRESETS, TrainConfig, default_preset, preset
 from negalora.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,10 +226,8 @@ def test_no_rejects_is_a_clear_error(home):
 
 def test_train_cli_json_reports_run_checkpoints_and_loss(cli, home):
     _seed_rejects(home, 5).close()
-    r = cli(
+    r = cli(  # no --preset: on the demo model a run starts from the measured demo recipe
         "train",
-        "--preset",
-        "cpu-demo",
         "--steps",
         "6",
         "--checkpoint-every",
@@ -245,12 +243,15 @@ def test_train_cli_json_reports_run_checkpoints_and_loss(cli, home):
     assert out["status"] == "done" and out["steps_done"] == 6 and isinstance(out["final_loss"], float)
     assert [Path(p).name for p in out["checkpoints"]] == ["step-000003.safetensors", "step-000006.safetensors"]
     runs = cli("list", "runs", "--home", home.root, "--json").json["runs"]
-    assert runs[0]["id"] == out["run"] and runs[0]["config"]["rank"] == 4
+    config = runs[0]["config"]
+    assert runs[0]["id"] == out["run"] and config["rank"] == 16 and config["feed_forward"] and config["lr"] == 3e-4
+    assert config["steps"] == 6 and config["batch"] == 2  # the flags given still win over the preset
 
 
 def test_presets_and_checks():
     assert PRESETS["woolf"].rank == 4 and PRESETS["woolf"].lr == 1e-4 and PRESETS["woolf"].lora_alpha == 4
     assert preset("cpu-demo", steps=7).steps == 7
+    assert default_preset("demo") == "cpu-demo" and default_preset("/models/sd_xl_base_1.0.safetensors") == "woolf"
     assert TrainConfig(feed_forward=True).target_modules[-1] == "ff.net.2"
     from negalora.errors import NegaloraError
 

@@ -98,6 +98,24 @@ def test_filters_show_the_right_counts(window, home, qtbot):
     assert window.train_page.thumbs.count() == 2
 
 
+def test_a_new_artist_on_the_demo_model_starts_from_the_measured_recipe(window, home, qtbot):
+    from negalora.ui.main_window import MainWindow
+
+    page = window.train_page
+    assert window.generate_page.model_spec() == "demo"
+    assert page.preset.currentData() == "cpu-demo"
+    assert page.rank.value() == 16 and page.feed_forward.isChecked() and page.lr.text() == "0.0003"
+    assert page.config().steps == 800 and page.config().feed_forward
+    # the artist's own choice outlives the default
+    page.preset.setCurrentIndex([page.preset.itemData(i) for i in range(page.preset.count())].index("woolf"))
+    assert page.rank.value() == 4 and not page.feed_forward.isChecked()
+    window.close()
+    again = MainWindow(home, start_worker=False)
+    qtbot.addWidget(again)
+    assert again.train_page.preset.currentData() == "woolf" and again.train_page.rank.value() == 4
+    again.close()
+
+
 def test_enter_opens_the_large_view_with_the_recipe(window, qtbot):
     qtbot.keyClick(window.gallery_page.view, Qt.Key.Key_Return)
     assert window.viewer.isVisible()

@@ -20,9 +20,8 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DC
 
 from negalora.errors import NegaloraError
 from negalora.models.tokenizer import PAD_CLIP_L, PAD_OPENCLIP, clip_tokenizer
-from negalora.resources import DEMO_MODEL
+from negalora.resources import DEMO_MODEL, DEMO_NAME
 
-DEMO_NAME = "demo"
 # Bump when the demo's weights or shape change, so old cached copies are rebuilt.
 DEMO_VERSION = 3
 DEMO_SIZE = 32  # native resolution in pixels

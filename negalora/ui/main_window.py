@@ -113,6 +113,7 @@ class MainWindow(QMainWindow):
         self.jobs.state_changed.connect(lambda s: self.worker_label.setText(f"worker: {s}"))
         self.jobs.message.connect(self._message)
         self.jobs.model_loaded.connect(self._model_loaded)
+        self._closed = False
         self._job: str | None = None
         self._train_job: str | None = None
         self._compare_job: str | None = None
@@ -297,6 +298,8 @@ class MainWindow(QMainWindow):
         )
         if chosen:
             self.generate_page.set_model_spec(chosen)
+        if not ui.get("train"):  # no settings of the artist's own yet: the recipe for this model
+            self.train_page.apply_default_preset(self.generate_page.model_spec())
         geometry = ui.get("geometry")
         if geometry:
             self.restoreGeometry(QByteArray(base64.b64decode(geometry)))
@@ -316,6 +319,10 @@ class MainWindow(QMainWindow):
         self.home.save_settings(settings)
 
     def closeEvent(self, event) -> None:
+        if self._closed:  # closed before (a second close() from the app's shutdown): nothing left to do
+            super().closeEvent(event)
+            return
+        self._closed = True
         self._save_settings()
         self.jobs.event.disconnect(self._job_event)  # events still in flight must not reach a closed store
         self.jobs.shutdown()

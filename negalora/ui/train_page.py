@@ -28,9 +28,13 @@ from PySide6.QtWidgets import (
 )
 
 from negalora.store import Store
-from negalora.train.config import LR_SCHEDULES, PRESETS, TrainConfig
+from negalora.train.config import LR_SCHEDULES, PRESETS, TrainConfig, default_preset
 
-PRESET_LABELS = {"woolf": "Woolf (rank 4, LR 1e-4)", "12gb": "12 GB GPU", "cpu-demo": "CPU demo"}
+PRESET_LABELS = {
+    "woolf": "Woolf (rank 4, LR 1e-4)",
+    "12gb": "12 GB GPU",
+    "cpu-demo": "Demo model (rank 16 + feed-forward, LR 3e-4)",
+}
 THUMB = 72
 
 
@@ -217,6 +221,11 @@ class TrainPage(QWidget):
 
     def apply_preset(self, key: str) -> None:
         self.apply_values(PRESETS[key])
+
+    def apply_default_preset(self, model_spec: str) -> None:
+        """Show the preset a new artist starts from on this model (the measured recipe on the demo)."""
+        self.preset.setCurrentIndex(list(PRESETS).index(default_preset(model_spec)))
+        self.apply_preset(self.preset.currentData())  # also when the index did not change
 
     def apply_values(self, c: TrainConfig) -> None:
         """Show a config in the widgets; fields without a widget (validation prompts…) ride along."""
