@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from negalora.demo_world.efficacy import (  # noqa: E402
     EfficacyConfig,
+    adherence,
     held_out_rows,
     run_session,
     score_column,
@@ -38,10 +39,9 @@ from negalora.store import Store  # noqa: E402
 
 def show(column) -> None:
     lo, hi = column.interval
-    shape = sum(s for _, s in column.agreement) / column.n
     print(
         f"  {column.label:40s} {column.rate * 100:5.1f}% [{lo * 100:.1f}-{hi * 100:.1f}] "
-        f"shape {shape * 100:.0f}% {column.by_kind()}",
+        f"shape {adherence(column)['shape'] * 100:.0f}% {column.by_kind()}",
         flush=True,
     )
 

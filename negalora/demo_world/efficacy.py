@@ -83,9 +83,7 @@ class Column:
         """Row by row against base (the same prompt, seed and noise): rows whose defect this way
         removed, and clean rows where it drew one. Paired counts see an effect that two rates of
         the same size blur."""
-        if base.n != self.n:
-            raise ValueError(f"{self.key} has {self.n} rows, {base.key} {base.n}")
-        pairs = list(zip(base.defects, self.defects, strict=True))
+        pairs = list(zip(base.defects, self.defects, strict=True))  # the same rows, or a ValueError
         return {
             "base_defective": sum(1 for b, _ in pairs if b),
             "fixed": sum(1 for b, o in pairs if b and not o),
