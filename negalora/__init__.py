@@ -1,3 +1,12 @@
 """negalora: train a "wrong" LoRA from the images you reject, and prove it helps."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``from negalora import negative_pass`` without importing torch for every other use of the package
+    if name == "negative_pass":
+        from negalora.lora_passes import negative_pass
+
+        return negative_pass
+    raise AttributeError(f"module 'negalora' has no attribute {name!r}")

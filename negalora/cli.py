@@ -175,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-last", type=int, metavar="K", help="checkpoints kept (0: all)")
     t.add_argument("--validation-prompt", action="append", dest="validation_prompts", metavar="P")
     t.add_argument("--validation-steps", type=int, metavar="N", help="sampling steps of validation images (0: none)")
+    t.add_argument(
+        "--validation-passes",
+        choices=["negative", "both"],
+        help="the guidance passes the LoRA acts on in validation images (default negative, the product's way)",
+    )
+    t.add_argument(
+        "--validation-cfg",
+        type=float,
+        dest="validation_guidance",
+        metavar="G",
+        help="CFG of validation images (default: the model's default test set's: 3 on the demo model, 7 on an SDXL)",
+    )
     t.add_argument("--reason", action="append", dest="reasons", metavar="R", help="only rejects with this reason")
     t.add_argument("--captions-with-reasons", action="store_true", default=None, help='captions like "wrong, hands"')
     t.add_argument("--extra", action="append", metavar="PATH", help="more files or folders to train on")
@@ -225,9 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", metavar="D")
     _add_common(c)
 
-    mb = sub.add_parser("mark-best", help="mark a run's best checkpoint (the default for compare and export)")
+    mb = sub.add_parser(
+        "mark-best",
+        help="mark a run's best checkpoint (the default for compare and export), or its best both-pass strength",
+        description="STEP marks the checkpoint compare and export use by default. --scale marks the LoRA strength "
+        "that looked best on both guidance passes (how A1111 and Forge apply a LoRA); the model card names it.",
+    )
     mb.add_argument("run_id", metavar="RUN_ID")
-    mb.add_argument("step", type=int, metavar="STEP")
+    mb.add_argument("step", type=int, nargs="?", metavar="STEP")
+    mb.add_argument("--scale", type=float, metavar="X", help="the best both-pass strength (from a --scales sweep)")
     _add_common(mb)
 
     r = sub.add_parser("rate", help="reject, pick or clear images")
@@ -484,6 +502,8 @@ TRAIN_FIELDS = (
     "keep_last",
     "validation_prompts",
     "validation_steps",
+    "validation_passes",
+    "validation_guidance",
     "reasons",
     "captions_with_reasons",
     "extra",
@@ -654,14 +674,22 @@ def cmd_mark_best(args) -> int:
     from negalora.home import resolve_home
     from negalora.store import Store
 
+    if args.step is None and args.scale is None:
+        raise NegaloraError("mark-best: give a STEP, a --scale, or both")
     store = Store(resolve_home(args.home))
+    out, lines = {"run": args.run_id}, []
     try:
-        store.set_best_step(args.run_id, args.step)
+        if args.step is not None:
+            store.set_best_step(args.run_id, args.step)
+            out["best_step"] = args.step
+            lines.append(f"run {args.run_id}: best checkpoint is step {args.step}")
+        if args.scale is not None:
+            store.set_best_scale(args.run_id, args.scale)
+            out["best_scale"] = args.scale
+            lines.append(f"run {args.run_id}: best strength on both passes is {args.scale:g}")
     finally:
         store.close()
-    _emit(
-        args, {"run": args.run_id, "best_step": args.step}, [f"run {args.run_id}: best checkpoint is step {args.step}"]
-    )
+    _emit(args, out, lines)
     return 0
 
 
@@ -851,8 +879,17 @@ def cmd_export(args) -> int:
             "hashes": result.hashes,
             "verification": v,
             "seconds": result.seconds,
+            "comfyui_workflow": result.comfyui_workflow,
+            "comfyui_api_workflow": result.comfyui_api_workflow,
+            "files": list(result.files),
+            "best_way": result.best_way,
+            "measured_on": result.measured_on,
         },
-        [f"{result.path}  ({result.fmt}, step {result.step}; {check})", f"  model card {result.model_card}"],
+        [
+            f"{result.path}  ({result.fmt}, step {result.step}; {check})",
+            f"  model card {result.model_card}",
+            f"  ComfyUI workflow {result.comfyui_workflow} (API format: {result.comfyui_api_workflow})",
+        ],
     )
     return 0
 

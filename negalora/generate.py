@@ -19,7 +19,7 @@ from negalora import faults
 from negalora.cancel import CancelToken
 from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import HashCache
-from negalora.lora_passes import DEFAULT, NEGATIVE, check_lora_passes, lora_on_negative_pass
+from negalora.lora_passes import DEFAULT, NEGATIVE, check_lora_passes, negative_pass, text_encoder_lora_off
 from negalora.models import checkpoint_kind as ck
 from negalora.models.loader import LoadedModel
 from negalora.pngmeta import png_bytes
@@ -151,12 +151,12 @@ class Generator:
                 vae=self.model.vae_name, vae_hash=self.model.vae_sha256, vae_location=self.model.vae_location
             )
         if request.use_refiner and self.model.refiner is not None:
-            refiner_fields = {
-                "refiner": self.model.refiner_name,
-                "refiner_hash": self.model.refiner_sha256,
-                "refiner_location": self.model.refiner_location,
-                "refiner_switch": request.refiner_switch,
-            }
+            refiner_fields.update(  # beside the VAE's fields: a recipe with both records both
+                refiner=self.model.refiner_name,
+                refiner_hash=self.model.refiner_sha256,
+                refiner_location=self.model.refiner_location,
+                refiner_switch=request.refiner_switch,
+            )
         total = len(request.prompts) * request.count
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 2 - total)
         recipes = []
@@ -240,39 +240,16 @@ class Generator:
         return self._conditioner.encode(recipe.prompt, recipe.negative)
 
     def _split_conditioning(self, recipe: Recipe) -> Conditioning:
-        """The positive prompt encoded without the LoRA, the negative with it (when it adapts the text
-        encoders; otherwise one encoding serves both)."""
-        from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder
-
-        pipe = self.model.pipe
-        encoders = [te for te in (pipe.text_encoder, pipe.text_encoder_2) if getattr(te, "peft_config", None)]
-        on = self._conditioner.encode(recipe.prompt, recipe.negative)
-        if not encoders:
-            return on
-        for te in encoders:
-            disable_lora_for_text_encoder(te)
-        try:
-            off = self._conditioner.encode(recipe.prompt, recipe.negative, variant="lora-off")
-        finally:
-            for te in encoders:
-                enable_lora_for_text_encoder(te)
-        return Conditioning(off.embeds, off.pooled, on.negative_embeds, on.negative_pooled)
+        return split_conditioning(self._conditioner, self.model.pipe, recipe.prompt, recipe.negative)
 
     @contextmanager
-    def _unet_passes(self, negative_only: bool, guidance: float):
-        unet = self.model.pipe.unet
+    def _unet_passes(self, negative_only: bool):
         if not negative_only:
             yield
-        elif guidance > 1 and unet.config.get("time_cond_proj_dim") is None:
-            # the pipeline batches [negative; positive] (its own condition for classifier-free guidance)
-            with lora_on_negative_pass(unet):
-                yield
-        else:  # no negative pass at all: the LoRA stays off
-            unet.disable_lora()
-            try:
-                yield
-            finally:
-                unet.enable_lora()
+            return
+        # The public helper's UNet half (the embeddings come from Compel, already split).
+        with negative_pass(self.model.pipe, text_encoders=False):
+            yield
 
     def release_lora(self) -> None:
         """Take any LoRA off the shared pipeline (before training on it)."""
@@ -311,7 +288,7 @@ class Generator:
 
         use_refiner = bool(recipe.refiner) and self.model.refiner is not None
         generator = torch.Generator("cpu").manual_seed(recipe.seed)
-        with self._unet_passes(negative_only, recipe.guidance):
+        with self._unet_passes(negative_only):
             out = pipe(
                 **cond.pipeline_kwargs(),
                 num_inference_steps=recipe.steps,
@@ -372,7 +349,7 @@ class Generator:
                 cancel.raise_if_cancelled()
             return kw
 
-        with self._unet_passes(negative_only, first.guidance):
+        with self._unet_passes(negative_only):
             out = pipe(
                 **kwargs,
                 num_inference_steps=first.steps,
@@ -404,6 +381,17 @@ class Generator:
                 cancel=cancel,
             )
             yield recipe, image
+
+
+def split_conditioning(conditioner: Conditioner, pipe, prompt: str, negative: str) -> Conditioning:
+    """The positive prompt encoded without the LoRA, the negative with it (when it adapts the text
+    encoders; otherwise one encoding serves both)."""
+    on = conditioner.encode(prompt, negative)
+    with text_encoder_lora_off(pipe) as adapted:
+        if not adapted:
+            return on
+        off = conditioner.encode(prompt, negative, variant="lora-off")
+    return Conditioning(off.embeds, off.pooled, on.negative_embeds, on.negative_pooled)
 
 
 def generate_to_store(

@@ -4,13 +4,15 @@
 "negative" applies it only on the negative (unconditional) pass, so a "wrong" LoRA can push away
 from what it learned without changing how the positive prompt is drawn. The SDXL pipeline stacks
 [negative; positive] into one UNet call; here that batch is split and the LoRA is switched off
-for the positive half.
+for the positive half. A LoRA on the text encoders acts on the negative prompt's encoding only.
+
+``negative_pass(pipe)`` is the public form, for a diffusers pipeline that loaded the LoRA with
+``load_lora_weights``; the app renders through the same code. torch is imported only when a
+pass is applied, so the names here cost nothing to import.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-import torch
 
 BOTH = "both"
 NEGATIVE = "negative"
@@ -34,6 +36,8 @@ def check_lora_passes(value: str) -> str:
 
 
 def _half(value, n: int, second: bool):
+    import torch
+
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 2 * n:
         return value[n:] if second else value[:n]
     if isinstance(value, dict):
@@ -44,14 +48,18 @@ def _half(value, n: int, second: bool):
 
 
 @contextmanager
-def lora_on_negative_pass(unet) -> Iterator[None]:
-    """While active, a UNet call on a [negative; positive] batch runs the LoRA on the first half only."""
+def lora_on_negative_pass(unet, guided: Callable[[], bool] | None = None) -> Iterator[None]:
+    """While active, a UNet call on a [negative; positive] batch runs the LoRA on the first half only.
+    ``guided`` says, at each call, whether the batch has a negative half at all (the pipeline's
+    ``do_classifier_free_guidance``); without one the LoRA stays off."""
+    import torch
+
     original = unet.forward
     shadowed = "forward" in unet.__dict__  # a wrapper already set on the instance (an offload hook)
 
     def forward(sample, *args, **kwargs):
         n = sample.shape[0] // 2
-        if n == 0 or sample.shape[0] % 2:  # no negative half: the LoRA stays off
+        if n == 0 or sample.shape[0] % 2 or (guided is not None and not guided()):  # no negative half
             unet.disable_lora()
             try:
                 return original(sample, *args, **kwargs)
@@ -76,3 +84,77 @@ def lora_on_negative_pass(unet) -> Iterator[None]:
             unet.forward = original
         else:
             del unet.forward
+
+
+def adapted_text_encoders(pipe) -> list:
+    """The pipeline's text encoders that carry a LoRA."""
+    encoders = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+    return [te for te in encoders if te is not None and getattr(te, "peft_config", None)]
+
+
+@contextmanager
+def text_encoder_lora_off(pipe) -> Iterator[bool]:
+    """The text encoders' LoRA switched off while active; yields whether there was one."""
+    from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder
+
+    encoders = adapted_text_encoders(pipe)
+    for te in encoders:
+        disable_lora_for_text_encoder(te)
+    try:
+        yield bool(encoders)
+    finally:
+        for te in encoders:
+            enable_lora_for_text_encoder(te)
+
+
+def _negative_pass_encode_prompt(pipe, original):
+    """``pipe.encode_prompt`` with the positive prompt encoded without the text encoders' LoRA."""
+
+    def encode_prompt(*args, **kwargs):
+        if not adapted_text_encoders(pipe):
+            return original(*args, **kwargs)
+        embeds, negative, pooled, negative_pooled = original(*args, **kwargs)
+        with text_encoder_lora_off(pipe):
+            embeds, _, pooled, _ = original(*args, **kwargs)
+        return embeds, negative, pooled, negative_pooled
+
+    return encode_prompt
+
+
+@contextmanager
+def negative_pass(pipe, text_encoders: bool = True) -> Iterator:
+    """Apply the pipeline's loaded LoRA on the negative guidance pass only::
+
+        pipe.load_lora_weights("wrong.safetensors")
+        with negative_pass(pipe):
+            image = pipe("a cat", negative_prompt="wrong").images[0]
+
+    The UNet's LoRA acts on the negative half of each guided step and is off for the positive half
+    (off entirely at CFG 1 or below, where there is no negative pass); a LoRA on the text encoders
+    encodes the negative prompt only. ``text_encoders=False`` leaves ``encode_prompt`` alone, for
+    callers that pass their own embeddings (the app, with Compel)."""
+    guided = getattr(type(pipe), "do_classifier_free_guidance", None)
+    predicate = (lambda: bool(pipe.do_classifier_free_guidance)) if isinstance(guided, property) else None
+    patched = text_encoders and hasattr(pipe, "encode_prompt")
+    if patched:
+        original = pipe.encode_prompt
+        shadowed = "encode_prompt" in pipe.__dict__
+        pipe.encode_prompt = _negative_pass_encode_prompt(pipe, original)
+    try:
+        with lora_on_negative_pass(pipe.unet, predicate):
+            yield pipe
+    finally:
+        if patched:
+            if shadowed:
+                pipe.encode_prompt = original
+            else:
+                del pipe.encode_prompt
+
+
+@contextmanager
+def lora_off(unet) -> Iterator[None]:
+    unet.disable_lora()
+    try:
+        yield
+    finally:
+        unet.enable_lora()

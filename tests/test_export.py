@@ -179,9 +179,11 @@ def test_header_metadata_model_card_and_grid(runs, demo_model, tmp_path):
         "| Rank / alpha | 4 / 1 (scale 0.25) |",
         "<lora:w:1>",
         "*Negative prompt*",
-        "LoraLoader",
-        "**negative** input",
-        'pipe.load_lora_weights(".", weight_name="w.safetensors")',
+        "Create Hook LoRA",
+        "Set CLIP Hooks",
+        "`w.comfyui.json`",
+        f'pipe.load_lora_weights("{tmp_path}", weight_name="w.safetensors")',
+        "with negative_pass(pipe):",
         'negative_prompt="wrong"',
         "![The run's latest comparison](w.preview.png)",
         f"differed from the app's render of the checkpoint by at most {result.verification['max_pixel_diff']}/255",
@@ -211,7 +213,12 @@ def test_a_failed_export_leaves_the_old_file_and_no_temp(runs, demo_model, tmp_p
     with pytest.raises((OSError, NegaloraError), match="injected failure|disk full"):  # errno 28 is ENOSPC
         export_lora(runs.store, request, generator=Generator(demo_model) if request.verify else None)
     assert out.read_bytes() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora.md", "lora.safetensors"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lora.comfyui-api.json",
+        "lora.comfyui.json",
+        "lora.md",
+        "lora.safetensors",
+    ]  # no temp left
     assert len(runs.store.exports()) == before
 
 
@@ -315,5 +322,10 @@ def test_disk_full_during_an_export_is_one_clear_message_and_keeps_the_old_file(
     finally:
         faults.configure("")
     assert out.read_bytes() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.md", "full.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "full.comfyui-api.json",
+        "full.comfyui.json",
+        "full.md",
+        "full.safetensors",
+    ]
     assert len(runs.store.exports()) == before

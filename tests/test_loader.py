@@ -74,3 +74,31 @@ def test_a_separate_vae_is_used(demo_model, home, tmp_path):
     assert brighter.mean() > normal.mean() + 20
     with pytest.raises(NegaloraError, match="no such VAE"):
         load_model("demo", home, choose_placement("cpu"), vae=str(tmp_path / "missing"))
+
+
+def test_a_recipe_with_a_vae_and_a_refiner_records_both_and_regenerates_exactly(demo_model, home, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from negalora.generate import regenerate
+    from negalora.recipe import Recipe
+
+    vae = AutoencoderKL.from_config(demo_model.pipe.vae.config)
+    vae.load_state_dict(demo_model.pipe.vae.state_dict())
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.5)
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    ref_dir = tmp_path / "refiner"
+    build_demo_refiner(demo_model.pipe).save_pretrained(ref_dir, safe_serialization=True)
+    base_dir = ensure_demo_folder(tmp_path / "base")
+    loaded = load_model(str(base_dir), home, choose_placement("cpu"), vae=str(tmp_path / "vae"), refiner=str(ref_dir))
+    gen = Generator(loaded)
+    recipe = gen.plan(GenerateRequest(prompts=("a red circle",), seed=4, steps=6))[0]
+    assert recipe.refiner == "refiner" and recipe.vae_hash == loaded.vae_sha256 and recipe.vae
+    again = Recipe.from_json(recipe.to_json())  # as stored
+    assert again.vae_hash == loaded.vae_sha256 and again.refiner_hash == loaded.refiner_sha256
+    first = np.asarray(gen.render(recipe), dtype=np.int16)
+    assert np.array_equal(np.asarray(regenerate(gen, again), dtype=np.int16), first)
+    # the same recipe without its VAE is refused, not silently rendered without it
+    plain = Generator(load_model(str(base_dir), home, choose_placement("cpu"), refiner=str(ref_dir)))
+    with pytest.raises(NegaloraError, match="VAE"):
+        regenerate(plain, again)

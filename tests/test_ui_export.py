@@ -1,5 +1,6 @@
 """The Export page with a real worker: the metadata preview, the best step marked, Export, the result."""
 
+import json
 from pathlib import Path
 
 from export_helpers import seed_rejects, train
@@ -52,6 +53,28 @@ def test_export_page_previews_the_metadata_and_exports_through_the_worker(qtbot,
     with safe_open(str(path), framework="pt") as fh:
         assert fh.metadata()["ss_output_name"] == "my-wrong"
     assert Path(end["export"]["model_card"]).is_file()
+    # every file written is listed, and the ComfyUI workflow is one click from the clipboard
+    for f in end["export"]["files"]:
+        assert f in text and Path(f).is_file()
+    workflow = Path(end["export"]["comfyui_workflow"])
+    assert workflow.name == "my-wrong.comfyui.json"
+    assert page.copy_button.isEnabled()
+    qtbot.mouseClick(page.copy_button, Qt.MouseButton.LeftButton)
+    from PySide6.QtGui import QGuiApplication
+
+    assert json.loads(QGuiApplication.clipboard().text()) == json.loads(workflow.read_text(encoding="utf-8"))
+    # no strength sweep yet: the page offers one, rendered on the Compare page
+    assert "demo world" in page.evidence.text() and page.sweep_button.isVisible()
+    seen.clear()
+    qtbot.mouseClick(page.sweep_button, Qt.MouseButton.LeftButton)
+    assert window.stack.currentWidget() is window.compare_page
+    qtbot.waitUntil(lambda: any(e["type"] in ("finished", "failed") for e in seen), timeout=LONG)
+    assert [e for e in seen if e["type"] in ("finished", "failed")][-1]["status"] == "done"
     store = Store(home)
+    (sweep,) = [c for c in store.comparisons(run_id) if c["kind"] == "scale_sweep"]
+    assert [c["lora_passes"] for c in sweep["columns"]] == ["both"] * 5 and sweep["step"] == 2
+    assert sweep["config"]["prompt_set"] == "default-demo" and sweep["config"]["guidance"] == 3.0
+    window.show_page("export")
+    qtbot.waitUntil(lambda: not page.sweep_button.isVisible(), timeout=20_000)  # the sweep is there now
     assert [e["path"] for e in store.exports(run_id)] == [str(path)]
     store.close()

@@ -1,4 +1,9 @@
-"""Test-prompt sets: fixed prompts and seeds a LoRA is judged on, kept in the store."""
+"""Test-prompt sets: fixed prompts and seeds a LoRA is judged on, kept in the store.
+
+Each kind of model gets its own default set, rendered after every training run: SDXL prompts for an
+SDXL, the demo world's captions (at the CFG its efficacy was measured at) for the demo model, which
+cannot draw a portrait or a cat.
+"""
 
 from negalora.errors import NegaloraError
 from negalora.store import Store
@@ -11,12 +16,37 @@ DEFAULT_PROMPTS = (
     "a bowl of fruit on a wooden table",
 )
 DEFAULT_SEEDS = (1, 2)
+DEFAULT_GUIDANCE = 7.0
+
+DEMO_SET = "default-demo"
+DEMO_PROMPTS = (
+    "a red circle on a blue background",
+    "a yellow square on a black background",
+    "a white triangle on a green background",
+    "a blue square on a white background",
+)
+DEMO_GUIDANCE = 3.0  # the CFG of docs/efficacy.md
+DEMO_STEPS = 20
 
 
-def ensure_default_set(store: Store) -> dict:
-    """The set re-rendered after every training run; created on first use, then the artist's to edit."""
+def default_set_name(model_source: str) -> str:
+    """The default set for a model of this source (``demo``, ``folder``, ``file``, ``hub``)."""
+    return DEMO_SET if model_source == "demo" else DEFAULT_SET
+
+
+def default_guidance(model_source: str) -> float:
+    """The CFG that comparisons of this kind of model use by default (and validation images too)."""
+    return DEMO_GUIDANCE if model_source == "demo" else DEFAULT_GUIDANCE
+
+
+def ensure_default_set(store: Store, model_source: str = "") -> dict:
+    """The model's default set; created on first use, then the artist's to edit."""
+    name = default_set_name(model_source)
     try:
-        return store.prompt_set(DEFAULT_SET)
+        return store.prompt_set(name)
     except NegaloraError:  # not there yet
-        store.save_prompt_set(DEFAULT_SET, list(DEFAULT_PROMPTS), list(DEFAULT_SEEDS))
-        return store.prompt_set(DEFAULT_SET)
+        if name == DEMO_SET:
+            store.save_prompt_set(name, list(DEMO_PROMPTS), list(DEFAULT_SEEDS), {"guidance": DEMO_GUIDANCE})
+        else:
+            store.save_prompt_set(name, list(DEFAULT_PROMPTS), list(DEFAULT_SEEDS))
+        return store.prompt_set(name)

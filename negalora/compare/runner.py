@@ -104,14 +104,25 @@ def _check_base_model(store: Store, source: LoraSource, generator: Generator) ->
     """A run's LoRA is compared on the model it was trained on, or not at all."""
     if not source.run_id:
         return
-    row = store.db.execute(
-        "SELECT m.name, m.hash FROM runs r JOIN models m ON m.id = r.model_id WHERE r.id = ?", [source.run_id]
-    ).fetchone()
-    if row and row[1] != generator.model.sha256:
+    row = store.run_model(source.run_id)
+    if row and row["hash"] != generator.model.sha256:
         raise NegaloraError(
-            f"run {source.run_id} was trained on model {row[0]} ({row[1][:10]}); "
+            f"run {source.run_id} was trained on model {row['name']} ({row['hash'][:10]}); "
             f"the loaded model is {generator.model.name} ({generator.model.sha256[:10]})"
         )
+
+
+def after_training_request(store: Store, run_id: str, **settings) -> CompareRequest:
+    """The comparison rendered after every training run: the run's model's default test set (at its
+    CFG, where the set has one), three ways, on the run's newest checkpoint."""
+    from negalora.compare.prompt_sets import ensure_default_set
+
+    model = store.run_model(run_id)
+    prompt_set = ensure_default_set(store, model["source"] if model else "")
+    checkpoints = store.checkpoints(run_id)
+    if not checkpoints:
+        raise NegaloraError(f"run {run_id}: has no checkpoints yet")
+    return CompareRequest(prompt_set=prompt_set["name"], lora=run_id, step=checkpoints[-1]["step"], **settings)
 
 
 def make_columns(request: CompareRequest, source: LoraSource) -> list[cols.Column]:

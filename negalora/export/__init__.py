@@ -7,6 +7,8 @@ is put in place. One module per job:
 - ``metadata``: the ``ss_*``, ``modelspec.*`` and ``negalora.*`` header keys, and their hashes
 - ``writer``: serialising, temp files beside the destination, the atomic replace
 - ``verify``: reload the written file with diffusers and compare it with the in-app LoRA
+- ``evidence``: what the run measured about each way of using the LoRA (else the demo world)
+- ``comfyui``: the ComfyUI workflows (UI and API format) that apply it on the negative pass
 - ``model_card``: the Markdown card written beside the file
 - ``exporter``: the order of it all, and the record in the store
 """

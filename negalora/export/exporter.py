@@ -18,9 +18,10 @@ from safetensors import SafetensorError, safe_open
 
 from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError
-from negalora.export import kohya_keys, writer
-from negalora.export.metadata import build_metadata, thumbnail_data_url
-from negalora.export.model_card import model_card
+from negalora.export import comfyui, kohya_keys, writer
+from negalora.export import evidence as ev
+from negalora.export.metadata import build_metadata, resolution, thumbnail_data_url
+from negalora.export.model_card import Usage, model_card
 from negalora.export.source import ExportSource, find_source, read_checkpoint
 
 FORMATS = ("kohya", "diffusers")
@@ -67,6 +68,37 @@ class ExportPlan:
     modules: int  # LoRA modules in the file
     tensors: dict[str, torch.Tensor] = field(repr=False)
     metadata: dict[str, str] = field(repr=False)
+    evidence: ev.Evidence = field(repr=False)
+    usage: Usage = field(repr=False)
+    workflow: Path = field(repr=False)  # ComfyUI, UI format
+    api_workflow: Path = field(repr=False)  # ComfyUI, API format
+
+    def workflows(self) -> tuple[dict, dict]:
+        """The ComfyUI workflows (UI format, API format) that use the LoRA the way that measured best."""
+        u = self.usage
+        spec = comfyui.WorkflowSpec(
+            ckpt_name=u.ckpt_name,
+            lora_name=u.comfy_lora_name,
+            form=u.workflow_form,
+            prompt=u.prompt,
+            negative=self.source.config.token,
+            seed=u.seed,
+            steps=u.steps,
+            cfg=u.guidance,
+            sampler=u.scheduler,
+            width=u.width,
+            height=u.height,
+            strength=1.0,
+            filename_prefix=f"negalora/{self.name}",
+            extra={
+                "run": self.source.run_id,
+                "step": self.source.step,
+                "lora": u.comfy_lora_name,
+                "best_way": self.evidence.best,
+                "measured_on": self.evidence.source,
+            },
+        )
+        return comfyui.ui_workflow(spec), comfyui.api_workflow(spec)
 
 
 @dataclass(frozen=True)
@@ -84,6 +116,11 @@ class ExportResult:
     verification: dict
     hashes: dict
     seconds: float
+    comfyui_workflow: str = ""
+    comfyui_api_workflow: str = ""
+    files: tuple[str, ...] = ()  # every file written: LoRA, card, preview, workflows
+    best_way: str = ""  # the way the card leads with
+    measured_on: str = ""  # run | demo_world
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,7 +196,79 @@ def plan_export(store, request: ExportRequest) -> ExportPlan:
     grid = grid if grid is not None and Path(grid).is_file() else None
     metadata = build_metadata(source, request.fmt, name, tensors, alpha, header, thumbnail_data_url(grid))
     card, grid_dest = companions(dest)
-    return ExportPlan(request, source, name, dest, card, grid, grid_dest, alpha, len(modules), tensors, metadata)
+    evidence = ev.gather(store, source.run_id, source.step)
+    text_encoder = any(c != "unet" for c in components)
+    usage = _usage(store, source, request.fmt, name, dest, evidence, text_encoder)
+    return ExportPlan(
+        request,
+        source,
+        name,
+        dest,
+        card,
+        grid,
+        grid_dest,
+        alpha,
+        len(modules),
+        tensors,
+        metadata,
+        evidence,
+        usage,
+        dest.parent / usage.workflow,
+        dest.parent / usage.api_workflow,
+    )
+
+
+PLACEHOLDER_CKPT = "PICK-YOUR-SDXL-BASE.safetensors"
+
+
+def _usage(store, source: ExportSource, fmt: str, name: str, dest: Path, evidence, text_encoder: bool) -> Usage:
+    """The card's test recipe and where things are: the model's default test set's first prompt and
+    CFG, the run's base model as diffusers and ComfyUI name it."""
+    from negalora.compare import prompt_sets
+    from negalora.errors import NegaloraError
+    from negalora.schedulers import DEFAULT_SCHEDULER
+
+    location = source.base_location
+    path = Path(location).expanduser() if location else None
+    if location == "demo":
+        kind, base_path = "demo", str(store.home.models / "demo")
+    elif path is not None and path.is_file():
+        kind, base_path = "file", str(path.resolve())
+    elif path is not None and path.is_dir():
+        kind, base_path = "folder", str(path.resolve())
+    else:
+        kind, base_path = "hub", location or "stabilityai/stable-diffusion-xl-base-1.0"
+    model_source = "demo" if kind == "demo" else kind
+    set_name = prompt_sets.default_set_name(model_source)
+    try:
+        prompts = store.prompt_set(set_name)["prompts"]
+    except NegaloraError:  # not made yet: the set it will be made with
+        prompts = prompt_sets.DEMO_PROMPTS if set_name == prompt_sets.DEMO_SET else prompt_sets.DEFAULT_PROMPTS
+    size = resolution(source)
+    stem = dest.stem if fmt == "kohya" else name
+    passes = "both" if evidence.best == ev.BOTH_PASSES else "negative"
+    return Usage(
+        prompt=prompts[0],
+        seed=1,
+        steps=prompt_sets.DEMO_STEPS if kind == "demo" else 25,
+        guidance=prompt_sets.default_guidance(model_source),
+        scheduler=DEFAULT_SCHEDULER,
+        width=size,
+        height=size,
+        base_kind=kind,
+        base_path=base_path,
+        ckpt_name=Path(base_path).name if kind == "file" else PLACEHOLDER_CKPT,
+        ckpt_known=kind == "file",
+        lora_dir=str(dest.parent),
+        lora_file=dest.name,
+        comfy_lora_name=dest.name if fmt == "kohya" else f"{name}/{DIFFUSERS_FILE}",
+        workflow=f"{stem}.comfyui.json",
+        api_workflow=f"{stem}.comfyui-api.json",
+        workflow_form=comfyui.form_for(passes, text_encoder),
+        run_id=source.run_id,
+        step=source.step,
+        prompt_set=set_name,
+    )
 
 
 def _read_back(tmp: Path, plan: ExportPlan) -> None:
@@ -212,7 +321,12 @@ def run_export(
             verification = verify_export(generator, plan.source, temps[0], plan.modules, cancel=cancel).to_dict()
         # The card and grid are written before the LoRA is replaced, so a full disk fails the export
         # while the old file is still in place; after it, only renames are left.
-        companions = [(plan.card, _card(plan, verification, file_sha).encode("utf-8"))]
+        ui, api = plan.workflows()
+        companions = [
+            (plan.card, _card(plan, verification, file_sha).encode("utf-8")),
+            (plan.workflow, comfyui.dumps(ui).encode("utf-8")),
+            (plan.api_workflow, comfyui.dumps(api).encode("utf-8")),
+        ]
         if plan.grid_source is not None:
             companions.append((plan.grid_dest, plan.grid_source.read_bytes()))
         for dest, data in companions:
@@ -248,6 +362,12 @@ def run_export(
         verification=verification,
         hashes={k: {"value": v, "covers": HASH_NOTES[k]} for k, v in hashes.items()},
         seconds=round(time.monotonic() - started, 3),
+        comfyui_workflow=str(plan.workflow),
+        comfyui_api_workflow=str(plan.api_workflow),
+        files=tuple(str(p) for p in (plan.dest, plan.card, plan.workflow, plan.api_workflow))
+        + ((grid,) if grid else ()),
+        best_way=plan.evidence.best,
+        measured_on=plan.evidence.source,
     )
 
 
@@ -262,6 +382,8 @@ def _card(plan: ExportPlan, verification: dict, file_sha: str) -> str:
         verification=verification,
         file_sha256=file_sha,
         grid_name=plan.grid_dest.name if plan.grid_source is not None else None,
+        evidence=plan.evidence,
+        usage=plan.usage,
     )
 
 

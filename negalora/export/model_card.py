@@ -1,58 +1,210 @@
-"""The model card written beside an exported LoRA: how it was trained, what it was checked
-against, and how to use it. A "wrong" LoRA is used the other way round from most LoRAs: it is
-loaded, and its token goes in the *negative* prompt."""
+"""The model card written beside an exported LoRA: how it was trained, what it was checked against,
+and how to use it, leading with the way that measured best for this run (its own comparisons and
+blind votes, else the demo world's numbers, labelled as such). A "wrong" LoRA is used the other way
+round from most LoRAs: its token goes in the *negative* prompt, and it works best on the negative
+guidance pass only, which A1111 and Forge cannot do; every way is listed with its numbers, and a
+way that measured worse than base says so beside it."""
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
+from negalora.demo_world import published
+from negalora.export import comfyui
+from negalora.export import evidence as ev
 from negalora.export.source import ExportSource
 
+SNIPPET_MAX_LINES = 15
 
-def _usage(fmt: str, file_name: str, lora_name: str, token: str, te: bool) -> str:
-    kohya_note = (
-        ""
-        if fmt == "kohya"
-        else (
-            "\nThis file has diffusers keys. A1111 and ComfyUI read kohya files best: export one with "
-            "`negalora export RUN --format kohya`.\n"
+
+@dataclass(frozen=True)
+class Usage:
+    """The concrete recipe the card's examples and the workflows use."""
+
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    scheduler: str
+    width: int
+    height: int
+    base_kind: str  # folder | file | hub | demo
+    base_path: str  # what diffusers loads: a folder, a file, or a hub id
+    ckpt_name: str  # the base checkpoint's file name in ComfyUI (a marked placeholder when unknown)
+    ckpt_known: bool
+    lora_dir: str  # the folder holding the exported file
+    lora_file: str  # the exported file's name
+    comfy_lora_name: str  # its name under ComfyUI's models/loras
+    workflow: str  # the UI-format file's name
+    api_workflow: str
+    workflow_form: str
+    run_id: str = ""
+    step: int = 0
+    prompt_set: str = "default"
+
+
+_SCHEDULER_CLASSES = {
+    "Euler": ("EulerDiscreteScheduler", ""),
+    "Euler a": ("EulerAncestralDiscreteScheduler", ""),
+    "Heun": ("HeunDiscreteScheduler", ""),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", ', algorithm_type="dpmsolver++"'),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", ', algorithm_type="dpmsolver++", use_karras_sigmas=True'),
+    "DPM++ 2M SDE Karras": (
+        "DPMSolverMultistepScheduler",
+        ', algorithm_type="sde-dpmsolver++", use_karras_sigmas=True',
+    ),
+    "DDIM": ("DDIMScheduler", ""),
+    "UniPC": ("UniPCMultistepScheduler", ""),
+}
+
+
+def diffusers_snippet(u: Usage, token: str) -> str:
+    """At most 15 lines that render the card's recipe with the LoRA on the negative pass."""
+    cls, extra = _SCHEDULER_CLASSES[u.scheduler]
+    loader = "from_single_file" if u.base_kind == "file" else "from_pretrained"
+    lines = [
+        "import torch",
+        f"from diffusers import StableDiffusionXLPipeline, {cls}",
+        "from negalora import negative_pass  # installed with negalora",
+        "",
+        "cuda = torch.cuda.is_available()",
+        f"pipe = StableDiffusionXLPipeline.{loader}({json.dumps(u.base_path)}, "
+        'dtype=torch.bfloat16 if cuda else torch.float32).to("cuda" if cuda else "cpu")',
+        f"pipe.scheduler = {cls}.from_config(pipe.scheduler.config{extra})",
+        f"pipe.load_lora_weights({json.dumps(u.lora_dir)}, weight_name={json.dumps(u.lora_file)})",
+        "with negative_pass(pipe):  # the LoRA acts on the negative guidance pass only",
+        f"    image = pipe({json.dumps(u.prompt)}, negative_prompt={json.dumps(token)}, "
+        f"num_inference_steps={u.steps}, guidance_scale={u.guidance:g},",
+        f"                 width={u.width}, height={u.height}, "
+        f'generator=torch.Generator("cpu").manual_seed({u.seed})).images[0]',
+        'image.save("negative-pass.png")',
+    ]
+    assert len(lines) <= SNIPPET_MAX_LINES
+    return "\n".join(lines)
+
+
+def _ways_table(e: ev.Evidence) -> str:
+    if e.source == "demo_world":
+        head = "| way | measured on the demo world |\n|---|---|\n"
+    else:
+        head = "| way | measured on this run |\n|---|---|\n"
+    rows = []
+    for way in ev.WAYS:
+        numbers = e.numbers(way)
+        if way != ev.BASE and e.worse_than_base(way):
+            numbers += " — **worse than base**"
+        best = " **(best)**" if way == e.best else ""
+        rows.append(f"| {ev.LABELS[way]}{best} | {numbers} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def _lead(e: ev.Evidence, u: Usage) -> str:
+    if e.source == "demo_world":
+        where = (
+            "**This run has not been measured yet**, so these are the numbers of negalora's **demo world** "
+            f"({published.SETUP}; report `{published.REPORT}`, made by `{published.COMMAND}`). Rate the cells of the "
+            "run's comparisons or cast blind votes in negalora, export again, and this card gives the run's own."
         )
+    elif e.decided_by == "ratings":
+        where = "Measured on **this run's own comparisons**: your verdicts on their cells."
+    else:
+        where = "Measured on **this run's blind votes**."
+    if e.best == ev.NEGATIVE_PASS:
+        way = (
+            "The LoRA works best on the **negative guidance pass only**, with `wrong` in the negative prompt. "
+            f"ComfyUI does that with `{u.workflow}`, diffusers with `negative_pass()` (both below); A1111 and Forge "
+            "cannot (their section gives the best measured fallback)."
+        )
+    elif e.best == ev.BOTH_PASSES:
+        way = (
+            "The LoRA measured best on **both guidance passes** (the way every UI loads a LoRA), with `wrong` in "
+            f"the negative prompt; `{u.workflow}` uses a plain Load LoRA node accordingly."
+        )
+    else:
+        way = (
+            f"**No way of using the LoRA beat {ev.SHORT[e.best]}**: the measurement says to leave the LoRA out. "
+            "The counts may be small; compare more prompts and seeds before you trust it either way."
+        )
+    return f"{where}\n\n{way}"
+
+
+def _a1111(e: ev.Evidence, u: Usage, lora_name: str, token: str) -> str:
+    both = e.numbers(ev.BOTH_PASSES)
+    worse = e.worse_than_base(ev.BOTH_PASSES)
+    where = "the demo world" if e.source == "demo_world" else "this run"
+    lines = [
+        "AUTOMATIC1111 and Forge apply every LoRA on **both** guidance passes; neither has a negative-pass-only "
+        "mode (composable-lora's options add the negative pass to a LoRA of the prompt).",
+        f"On {where}, that way measured: {both}."
+        + (f" **That is worse than using no LoRA at all on {where}.**" if worse else ""),
+    ]
+    s = e.strength
+    if s.how == "marked":
+        lines.append(
+            f"Best fallback: strength **{s.scale:g}**, the one you marked best (`negalora mark-best --scale`)."
+        )
+    elif s.how == "sweep":
+        tally = s.sweep[s.scale]
+        lines.append(
+            f"Best fallback: strength **{s.scale:g}**, the best of this run's strength sweep on both passes "
+            f"({tally.describe()})."
+        )
+    else:
+        lines.append(
+            "This run has no rated strength sweep on both passes, so no strength can be recommended yet. Render one "
+            f"(the Export page's *Render a strength sweep*, or `negalora compare --lora {u.run_id} --step {u.step} "
+            f"--scales 0,0.25,0.5,0.75,1 --lora-passes both --prompt-set {u.prompt_set}`), rate its cells (or "
+            f"`negalora mark-best {u.run_id} --scale X`), and export again."
+        )
+    scale = s.scale if s.scale is not None else 1.0
+    if s.scale == 0:
+        lines.append(
+            "At strength 0 the LoRA does nothing: in A1111 and Forge, leave it out and keep `wrong` only if it helped."
+        )
+    lines.append(
+        f"To use it there anyway: copy `{u.lora_file}` into `models/Lora`, add `<lora:{lora_name}:{scale:g}>` anywhere "
+        f"in the prompt (it only loads the LoRA) and write `{token}` in the *Negative prompt* box."
     )
-    clip = "1.0 (the text encoders were trained too)" if te else "any value (only the UNet was trained)"
-    return f"""## How to use it
+    return "\n\n".join(lines)
 
-The LoRA is loaded as usual, but `{token}` goes in the **negative prompt**, not the prompt: it
-steers images away from what the training images show.
-{kohya_note}
-**AUTOMATIC1111 / Forge.** Copy `{file_name}` into `models/Lora`. Add `<lora:{lora_name}:1>` anywhere
-in the prompt; the tag only loads the LoRA (A1111 removes it from the text, and the LoRA then
-applies to the whole generation). Write `{token}` in the *Negative prompt* box.
 
-**ComfyUI.** Copy `{file_name}` into `models/loras`. Put a **LoraLoader** node between *Load
-Checkpoint* and the rest: its MODEL output goes to the KSampler, its CLIP output to both
-CLIPTextEncode nodes. Set `strength_model` to 1.0 and `strength_clip` to {clip}. Type `{token}` in the
-CLIPTextEncode that feeds the KSampler's **negative** input.
-
-**diffusers.**
-
-```python
-import torch
-from diffusers import StableDiffusionXLPipeline
-
-pipe = StableDiffusionXLPipeline.from_pretrained(
-    "stabilityai/stable-diffusion-xl-base-1.0", torch_dtype=torch.float16
-).to("cuda")
-pipe.load_lora_weights(".", weight_name="{file_name}")
-image = pipe("a photo of a cat", negative_prompt="{token}", guidance_scale=7.0).images[0]
-```
-
-`pipe.set_adapters(...)` or `cross_attention_kwargs={{"scale": 0.8}}` changes the strength.
-
-**Negative pass only (negalora's default).** A1111, ComfyUI and diffusers apply a LoRA to both
-guidance passes. negalora applies it by default only where the negative prompt is drawn (the
-unconditional pass): there the LoRA's `{token}` pulls the image away from the rejects without
-changing how the positive prompt is drawn. On negalora's demo world this did better than both
-passes, which leaked the defects into the positive pass (`docs/efficacy.md`). In negalora:
-`negalora generate "..." --negative {token} --lora {file_name} --lora-passes negative`.
-"""
+def _comfyui(e: ev.Evidence, u: Usage, fmt: str, token: str) -> str:
+    if u.workflow_form == comfyui.BOTH_PASSES:
+        graph = "a plain **Load LoRA** (LoraLoader) between Load Checkpoint and the rest: the LoRA on both passes"
+    elif u.workflow_form == comfyui.NEGATIVE_CLIP:
+        graph = (
+            "**Create Hook LoRA** → **Set CLIP Hooks** on a CLIP that only the *Negative* CLIP Text Encode uses "
+            "(its conditioning carries the hook, so the UNet part acts on the negative pass only; the positive "
+            "prompt is encoded with the plain CLIP); the KSampler's model comes straight from Load Checkpoint"
+        )
+    else:
+        graph = (
+            "**Create Hook LoRA** → **Cond Set Props** (`hooks`) on the *Negative* CLIP Text Encode → the KSampler's "
+            "`negative`; the KSampler's model comes straight from Load Checkpoint, so the positive pass never sees "
+            "the LoRA"
+        )
+    ckpt = (
+        f"`{u.ckpt_name}` is the run's base checkpoint."
+        if u.ckpt_known
+        else f"`{u.ckpt_name}` is a **placeholder**: pick your SDXL base in Load Checkpoint (the run's base was not a "
+        "single checkpoint file)."
+    )
+    lines = [
+        f"Drop `{u.workflow}` on the ComfyUI canvas (or paste it: *Copy ComfyUI workflow* on negalora's Export page). "
+        f"The graph: {graph}. Copy the LoRA into `models/loras` as `{u.comfy_lora_name}`. {ckpt} "
+        f"The negative text is `{token}`; prompt, seed, steps, CFG, sampler and size are this card's test recipe.",
+        f"`{u.api_workflow}` is the same graph in the API format: the value of `prompt` in a `POST /prompt` body.",
+        f"The hook nodes are marked experimental in ComfyUI; the graph follows ComfyUI's node schemas at commit "
+        f"`{comfyui.COMFYUI_COMMIT[:10]}` (0.3.64). A hooked negative runs as its own batch, so each step costs two "
+        "UNet passes instead of one batched pass.",
+    ]
+    if fmt == "diffusers":
+        lines.append(
+            "**This file has diffusers key names, and ComfyUI (at that commit) does not map their attention layers "
+            "(`…attn1.to_k` and the like): it would load only part of the LoRA, and the hook nodes do so without a "
+            "warning. For ComfyUI, export in kohya format (`negalora export RUN --format kohya`).**"
+        )
+    return "\n\n".join(lines)
 
 
 def model_card(
@@ -66,6 +218,8 @@ def model_card(
     verification: dict,
     file_sha256: str,
     grid_name: str | None,
+    evidence: ev.Evidence,
+    usage: Usage,
 ) -> str:
     c = source.config
     token = c.token
@@ -89,11 +243,18 @@ def model_card(
         if grid_name
         else "\n(No comparison grid yet: run a comparison in negalora and export again to include one.)\n"
     )
+    lora_name = Path(file_name).stem if fmt == "kohya" else name
+    demo_note = (
+        "\nThis LoRA was trained on negalora's **demo model** (a tiny SDXL-shaped model of coloured shapes, "
+        "32 px); it fits that model only. The ComfyUI checkpoint name is a placeholder for the same reason.\n"
+        if usage.base_kind == "demo"
+        else ""
+    )
     return f"""# {name}
 
 A "wrong" LoRA for **SDXL base 1.0**, made with negalora from images that were
-rejected while generating. Use it with `{token}` in the negative prompt.
-
+rejected while generating. Use it with `{token}` in the **negative** prompt.
+{demo_note}
 | | |
 |---|---|
 | File | `{file_name}` ({fmt} format) |
@@ -105,8 +266,44 @@ rejected while generating. Use it with `{token}` in the negative prompt.
 | Resolution | {metadata["modelspec.resolution"]} |
 | Base model | {source.base_name} (negalora model hash `{source.base_hash[:12]}`) |
 | Tags | {", ".join(f"{t} ×{n}" for t, n in tags.items()) or "-"} |
+| ComfyUI workflows | `{usage.workflow}` (drop on the canvas), `{usage.api_workflow}` (API) |
 {grid}
-{_usage(fmt, file_name, file_name.rsplit(".", 1)[0], token, c.train_text_encoder)}
+## How to use it: what measured best
+
+{_lead(evidence, usage)}
+
+{_ways_table(evidence)}
+Test recipe used below: `{usage.prompt}`, seed {usage.seed}, {usage.steps} steps, CFG {usage.guidance:g},
+{usage.scheduler}, {usage.width}×{usage.height}.
+
+### ComfyUI
+
+{_comfyui(evidence, usage, fmt, token)}
+
+### diffusers
+
+`load_lora_weights` applies the LoRA on both passes; negalora's `negative_pass` (the code negalora renders
+with) applies it on the negative pass only:
+
+```python
+{diffusers_snippet(usage, token)}
+```
+
+Without the `with` block the LoRA acts on both passes ({evidence.numbers(ev.BOTH_PASSES)}{
+        "; worse than base" if evidence.worse_than_base(ev.BOTH_PASSES) else ""
+    }).
+
+### AUTOMATIC1111 / Forge
+
+{_a1111(evidence, usage, lora_name, token)}
+
+### negalora
+
+`negalora generate "{usage.prompt}" --negative {token} --lora "{
+        Path(usage.lora_dir) / file_name
+    }" --lora-passes negative`
+(the negative pass is the default).
+
 ## Check and hashes
 
 {check}

@@ -421,6 +421,17 @@ class Store(EvaluationTables):
     def runs(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM runs ORDER BY created DESC"))
 
+    def run_model(self, run_id: str) -> dict | None:
+        """The model a run was trained on (name, source, location, hash), if recorded."""
+        rows = list(
+            self.db.query(
+                "SELECT m.name, m.source, m.location, m.hash FROM runs r JOIN models m ON m.id = r.model_id "
+                "WHERE r.id = ?",
+                [run_id],
+            )
+        )
+        return rows[0] if rows else None
+
     def log_loss(self, run_id: str, step: int, loss: float, lr: float) -> None:
         with self._write():
             self.db.execute(

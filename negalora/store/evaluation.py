@@ -101,9 +101,10 @@ class EvaluationTables:
         out["cells"] = [
             {**dict(c), "path": str(self.home.root / c["path"])}
             for c in self.db.query(
-                "SELECT c.row, c.col, c.image_id, i.path, g.seed, g.prompt, g.negative, g.lora_scale, g.recipe "
-                "FROM comparison_cells c JOIN images i ON i.id = c.image_id "
+                "SELECT c.row, c.col, c.image_id, i.path, g.seed, g.prompt, g.negative, g.lora_scale, g.recipe, "
+                "r.verdict FROM comparison_cells c JOIN images i ON i.id = c.image_id "
                 "LEFT JOIN generations g ON g.id = i.generation_id "
+                "LEFT JOIN ratings r ON r.image_id = c.image_id "
                 "WHERE c.comparison_id = ? ORDER BY c.row, c.col",
                 [comparison_id],
             )
@@ -140,6 +141,14 @@ class EvaluationTables:
             raise NegaloraError(f"run {run_id}: has no checkpoint at step {step} (kept: {kept})")
         with self._write():
             self.db["runs"].update(run_id, {"best_step": step})
+
+    def set_best_scale(self, run_id: str, scale: float | None) -> None:
+        """The LoRA strength the artist found best on both passes (A1111's way), for the model card."""
+        self.run(run_id)
+        if scale is not None and not (0 <= scale <= 10):
+            raise NegaloraError(f"scale {scale}: must be between 0 and 10")
+        with self._write():
+            self.db["runs"].update(run_id, {"best_scale": scale})
 
     # -- blind votes ----------------------------------------------------------------------
 

@@ -163,6 +163,10 @@ CREATE TABLE deleted_images (
 );
 """
 
+V5 = """
+ALTER TABLE runs ADD COLUMN best_scale REAL;  -- the both-pass LoRA strength the artist marked best in a sweep
+"""
+
 # Index i holds the SQL that takes the schema from version i to i + 1.
-MIGRATIONS: list[str] = [V1, V2, V3, V4]
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5]
 SCHEMA_VERSION = len(MIGRATIONS)

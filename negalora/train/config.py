@@ -48,6 +48,10 @@ class TrainConfig:
     validation_prompts: tuple[str, ...] = ()
     validation_seed: int = 1234
     validation_steps: int = 20
+    # Validation images show the LoRA the way the product applies it (negative pass) at the CFG of the
+    # model's default test set, so what the artist watches is what comparisons and export will use.
+    validation_passes: str = "negative"  # or "both": as A1111, ComfyUI and diffusers apply a LoRA
+    validation_guidance: float | None = None  # None: the model's default test set's CFG (demo 3, SDXL 7)
     max_nan_steps: int = 5  # stop after this many non-finite losses in a row
     # Prior preservation (DreamBooth): class images made by the base model before training, trained
     # on beside the rejects, so the LoRA learns "wrong" without drifting away from the model's prior.
@@ -98,6 +102,10 @@ class TrainConfig:
             raise NegaloraError(f"checkpoint every {self.checkpoint_every}: must be at least 1")
         if not self.token.strip():
             raise NegaloraError("the instance token must not be empty")
+        if self.validation_passes not in ("negative", "both"):
+            raise NegaloraError(f"validation passes {self.validation_passes!r}: choose negative or both")
+        if self.validation_guidance is not None and not (0 <= self.validation_guidance <= 50):
+            raise NegaloraError(f"validation CFG {self.validation_guidance}: must be between 0 and 50")
         if self.prior_weight < 0 or self.class_images < 0 or self.class_steps < 1:
             raise NegaloraError("prior weight and class images must not be negative; class steps at least 1")
 

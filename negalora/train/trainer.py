@@ -288,22 +288,42 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def _render(self, conditioner, prompt: str, negative: str, *, seed: int, steps: int, size: int):
-        """One image from the pipeline as it stands (with the LoRA when one is attached)."""
+    def _render(
+        self,
+        conditioner,
+        prompt: str,
+        negative: str,
+        *,
+        seed: int,
+        steps: int,
+        size: int,
+        guidance: float = 7.0,
+        negative_pass: bool = False,
+    ):
+        """One image from the pipeline as it stands: with the LoRA attached on both passes, or with
+        ``negative_pass`` on the negative pass only (the app's own code for it)."""
+        from contextlib import nullcontext
+
+        from negalora.generate import split_conditioning
+        from negalora.lora_passes import negative_pass as on_negative_pass
         from negalora.schedulers import DEFAULT_SCHEDULER, make_scheduler
 
         pipe = self.model.pipe
         pipe.scheduler = make_scheduler(DEFAULT_SCHEDULER, self.model.scheduler_config)
-        cond = conditioner.encode(prompt, negative)
+        if negative_pass:
+            cond = split_conditioning(conditioner, pipe, prompt, negative)
+        else:
+            cond = conditioner.encode(prompt, negative)
         kwargs = {k: v.to(pipe.unet.dtype) for k, v in cond.pipeline_kwargs().items()}
-        return pipe(
-            **kwargs,
-            num_inference_steps=steps,
-            guidance_scale=7.0,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            width=size,
-            height=size,
-        ).images[0]
+        with on_negative_pass(pipe, text_encoders=False) if negative_pass else nullcontext():
+            return pipe(
+                **kwargs,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                width=size,
+                height=size,
+            ).images[0]
 
     def _epoch_batches(self, config: TrainConfig, samples, epoch: int, stream: int) -> list[list[int]]:
         """One epoch's batches: each image once, batches never mixing buckets, all order seeded by
@@ -680,7 +700,8 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, run_id: str, config: TrainConfig, unet, step: int) -> None:
-        """Render the fixed test prompts with ``wrong`` as the negative, on the LoRA as it stands."""
+        """Render the fixed test prompts with ``wrong`` as the negative, on the LoRA as it stands, the
+        way the run says (the negative pass by default) at the CFG its comparisons use."""
         if not config.validation_prompts or config.validation_steps < 1:
             return
         from negalora.prompts import Conditioner
@@ -695,10 +716,18 @@ class Trainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         conditioner = Conditioner(pipe)
         size = config.resolution or self.model.native_size
+        guidance = validation_guidance(config, self.model)
         paths = []
         for k, prompt in enumerate(config.validation_prompts):
             image = self._render(
-                conditioner, prompt, config.token, seed=config.validation_seed, steps=config.validation_steps, size=size
+                conditioner,
+                prompt,
+                config.token,
+                seed=config.validation_seed,
+                steps=config.validation_steps,
+                size=size,
+                guidance=guidance,
+                negative_pass=config.validation_passes == "negative",
             )
             path = out_dir / f"step-{step:06d}-{k}.png"
             atomic_write_bytes(path, _png(image), fault="image_write")
@@ -714,6 +743,8 @@ class Trainer:
                 "step": step,
                 "paths": paths,
                 "prompts": list(config.validation_prompts),
+                "passes": config.validation_passes,
+                "guidance": guidance,
             }
         )
 
@@ -749,6 +780,12 @@ def _remove_lora(model) -> None:
     model.eval()
     if hasattr(model, "disable_gradient_checkpointing") and getattr(model, "is_gradient_checkpointing", False):
         model.disable_gradient_checkpointing()
+
+
+def validation_guidance(config: TrainConfig, model: LoadedModel) -> float:
+    from negalora.compare.prompt_sets import default_guidance
+
+    return config.validation_guidance if config.validation_guidance is not None else default_guidance(model.source)
 
 
 def _with_validation_prompts(config: TrainConfig, model: LoadedModel) -> TrainConfig:

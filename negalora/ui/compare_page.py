@@ -140,7 +140,7 @@ class ComparePage(QWidget):
         self.token = QLineEdit("wrong")
         self.steps = QSpinBox(minimum=1, maximum=200, value=25)
         self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, decimals=1, value=7.0)
-        self.after_training = QCheckBox(f"Render the “{DEFAULT_SET}” set after every training run")
+        self.after_training = QCheckBox("Render the model's default set after every training run")
         self.after_training.setChecked(True)
         columns_box = QGroupBox("Columns")
         cf = QFormLayout(columns_box)
@@ -256,6 +256,8 @@ class ComparePage(QWidget):
         self.source.blockSignals(False)
         self._source_changed()
         ensure_default_set(self.store)
+        if any((self.store.run_model(r["id"]) or {}).get("source") == "demo" for r in self.store.runs()):
+            ensure_default_set(self.store, "demo")
         names = [s["name"] for s in self.store.prompt_sets()]
         chosen = self.prompt_set.currentText() or DEFAULT_SET
         self.prompt_set.clear()
@@ -373,16 +375,14 @@ class ComparePage(QWidget):
         self.render.emit(request)
 
     def request_after_training(self, run_id: str) -> dict | None:
-        """The default test set, three ways, on the run's newest checkpoint (None when switched off)."""
-        from negalora.compare.runner import CompareRequest
+        """The model's default test set, three ways, on the run's newest checkpoint (None when switched off)."""
+        from negalora.compare.runner import after_training_request
 
         if not self.after_training.isChecked():
             return None
-        ensure_default_set(self.store)
-        return CompareRequest(
-            prompt_set=DEFAULT_SET,
-            lora=run_id,
-            step=self.store.checkpoints(run_id)[-1]["step"],
+        return after_training_request(
+            self.store,
+            run_id,
             token=self.token.text().strip() or "wrong",
             lora_passes=self.passes.currentData(),
             steps=self.steps.value(),

@@ -6,7 +6,7 @@ hashes and what the check found."""
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QFont, QPixmap
+from PySide6.QtGui import QDesktopServices, QFont, QGuiApplication, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -28,6 +28,14 @@ from negalora.store import Store
 
 FORMAT_LABELS = {"kohya": "kohya — A1111, Forge, ComfyUI", "diffusers": "diffusers — load_lora_weights()"}
 THUMB = 150
+
+
+WAY_NAMES = {
+    "negative_pass": "the LoRA on the negative pass",
+    "both_passes": "the LoRA on both passes",
+    "token_only": "`wrong` alone, no LoRA",
+    "base": "no LoRA at all",
+}
 
 
 class _PreviewSignals(QObject):
@@ -57,6 +65,14 @@ class _Preview(QRunnable):
                 "grid": str(plan.grid_source or ""),
                 "summary": f"step {plan.source.step}: {plan.modules} LoRA modules, rank {plan.source.config.rank}, "
                 f"alpha {plan.alpha:g}, {plan.source.images} training images",
+                "workflow": str(plan.workflow),
+                "api_workflow": str(plan.api_workflow),
+                "best_way": plan.evidence.best,
+                "measured_on": plan.evidence.source,
+                "strength": plan.evidence.strength.how,
+                "has_sweep": bool(plan.evidence.strength.sweep),
+                "step": plan.source.step,
+                "model_source": (store.run_model(plan.source.run_id) or {}).get("source", ""),
             }
         except NegaloraError as exc:
             out = {"error": str(exc)}
@@ -79,13 +95,29 @@ def metadata_text(metadata: dict) -> str:
     return "\n".join(f"{k}: {v}" for k, v in shown.items())
 
 
+def evidence_text(out: dict) -> str:
+    """What the card will lead with, and on what it rests."""
+    way = WAY_NAMES.get(out.get("best_way", ""), "")
+    if not way:
+        return ""
+    if out.get("measured_on") == "run":
+        text = f"Measured on this run, {way} did best; the card and the ComfyUI workflow use it that way."
+    else:
+        text = (
+            f"This run has no rated comparison or blind vote yet: the card gives the demo world's numbers "
+            f"({way} did best there), labelled as such."
+        )
+    if out.get("strength") == "none":
+        text += " No rated strength sweep on both passes: the card cannot yet say which strength to use in A1111."
+    return text
+
+
 def result_text(export: dict) -> str:
     v = export["verification"]
     hashes = export["hashes"]
     lines = [
-        f"Written: {export['path']}",
-        f"Model card: {export['model_card']}",
-        *([f"Grid: {export['grid']}"] if export.get("grid") else []),
+        "Files written:",
+        *(f"  {f}" for f in export.get("files") or (export["path"], export["model_card"])),
         "",
         f"sha256 (whole file): {export['sha256']}",
         f"sshs_model_hash (tensor data; A1111's LoRA hash): {hashes['sshs_model_hash']['value']}",
@@ -105,6 +137,8 @@ def result_text(export: dict) -> str:
 
 
 class ExportPage(QWidget):
+    render_sweep = Signal(dict)  # a CompareRequest dict: the main window renders it on the Compare page
+
     def __init__(self, store: Store, jobs, parent=None):
         super().__init__(parent)
         self.store = store
@@ -160,13 +194,29 @@ class ExportPage(QWidget):
         self.open_button = QPushButton("Show folder")
         self.open_button.setEnabled(False)
         self.open_button.clicked.connect(self._open_folder)
+        self.copy_button = QPushButton("Copy ComfyUI workflow")
+        self.copy_button.setToolTip("The UI-format workflow on the clipboard: paste it onto the ComfyUI canvas")
+        self.copy_button.setEnabled(False)
+        self.copy_button.clicked.connect(self._copy_workflow)
         self.progress = QProgressBar()
         self.progress.setTextVisible(False)
         self.progress.setRange(0, 1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.evidence = QLabel("")
+        self.evidence.setWordWrap(True)
+        self.sweep_button = QPushButton("Render a strength sweep")
+        self.sweep_button.setToolTip(
+            "Render the model's default test set with the LoRA on both passes at strengths 0 to 1 (A1111's way) on "
+            "the Compare page; rate the cells, then export again and the card names the best strength"
+        )
+        self.sweep_button.setVisible(False)
+        self.sweep_button.clicked.connect(self._render_sweep)
+        evidence_row = QHBoxLayout()
+        evidence_row.addWidget(self.evidence, 1)
+        evidence_row.addWidget(self.sweep_button)
         buttons = QHBoxLayout()
-        for w in (self.export_button, self.cancel_button, self.open_button):
+        for w in (self.export_button, self.cancel_button, self.open_button, self.copy_button):
             buttons.addWidget(w)
         buttons.addWidget(self.progress, 1)
 
@@ -200,6 +250,7 @@ class ExportPage(QWidget):
         layout.addWidget(settings)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
+        layout.addLayout(evidence_row)
         layout.addLayout(lower, 1)
 
         self._signals = _PreviewSignals()
@@ -287,7 +338,9 @@ class ExportPage(QWidget):
             self.export_button.setEnabled(False)
             return
         self.metadata.setPlainText(metadata_text(out["metadata"]))
-        self.dest.setText(f"{out['dest']}\n{out['card']}")
+        self.dest.setText(f"{out['dest']}\n{out['card']}\n{out['workflow']}\n{out['api_workflow']}")
+        self.evidence.setText(evidence_text(out))
+        self.sweep_button.setVisible(not out.get("has_sweep"))
         self.name.setPlaceholderText(out["name"])
         self.export_button.setEnabled(self._job is None)
         if self._job is None:
@@ -349,8 +402,33 @@ class ExportPage(QWidget):
                 self.status.setText(f"Exported {Path(export['path']).name}.")
                 self.result.setPlainText(result_text(export))
                 self.open_button.setEnabled(True)
+                self.copy_button.setEnabled(bool(export.get("comfyui_workflow")))
                 self._last = export
                 self._fill_history(export["run_id"])
+
+    def _copy_workflow(self) -> None:
+        if not self._last or not self._last.get("comfyui_workflow"):
+            return
+        path = Path(self._last["comfyui_workflow"])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.status.setText(f"<span style='color:#e5484d'>{path}: cannot read ({exc.strerror or exc})</span>")
+            return
+        QGuiApplication.clipboard().setText(text)
+        self.status.setText(f"Copied {path.name}: paste it onto the ComfyUI canvas (Ctrl+V).")
+
+    def _render_sweep(self) -> None:
+        from negalora.compare.prompt_sets import ensure_default_set
+        from negalora.export.evidence import sweep_request
+
+        out = self._preview
+        run_id = self.runs.currentData()
+        if not run_id or "step" not in out:
+            return
+        ensure_default_set(self.store, out.get("model_source", ""))
+        self.render_sweep.emit(sweep_request(run_id, out["step"], out.get("model_source", "")))
+        self.status.setText("Rendering a strength sweep on both passes on the Compare page…")
 
     def _open_folder(self) -> None:
         if self._last:

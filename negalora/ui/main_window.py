@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         self.train_page.resume.connect(lambda run: self._submit_train(resume=run))
         self.train_page.cancel.connect(lambda: self.jobs.cancel(self._train_job) if self._train_job else None)
         self.compare_page.render.connect(self._submit_compare)
+        self.export_page.render_sweep.connect(self._sweep_for_export)
         self.compare_page.cancel.connect(lambda: self.jobs.cancel(self._compare_job) if self._compare_job else None)
         self.compare_page.open_image.connect(self.open_image)
         self.compare_page.blind_vote.connect(self._blind_vote)
@@ -180,6 +181,13 @@ class MainWindow(QMainWindow):
         self._compare_job = self.jobs.submit_compare(self._base_model_for(request.get("lora", "")), request)
         self.compare_page.job_started()
         self._save_settings()
+
+    def _sweep_for_export(self, request: dict) -> None:
+        """The Export page asked for the both-pass strength sweep its card needs: render it where
+        comparisons are shown, so the artist can rate its cells there."""
+        self._submit_compare(request)
+        if self._compare_job is not None:
+            self.show_page("compare")
 
     def _refresh_loras(self) -> None:
         """Each run's best (else last) checkpoint is a LoRA the Generate page can use."""

@@ -105,6 +105,13 @@ class TrainPage(QWidget):
         self.compile.setToolTip("torch.compile the training step: faster steps after a compile of a few minutes.")
         self.reasons = QLineEdit()
         self.reasons.setPlaceholderText("all reasons (or e.g. hands, text)")
+        self.validation_passes = QComboBox()
+        self.validation_passes.addItem("LoRA on the negative pass (default)", "negative")
+        self.validation_passes.addItem("LoRA on both passes (as A1111)", "both")
+        self.validation_passes.setToolTip(
+            "How the validation images apply the LoRA. The negative pass is how negalora, the ComfyUI workflow and "
+            "negative_pass() use it; both passes is how A1111 and a plain LoraLoader do (worse on the demo world)."
+        )
 
         grid = QGridLayout()
         cells = [
@@ -123,6 +130,7 @@ class TrainPage(QWidget):
             ("Keep last", self.keep_last),
             ("Token", self.token),
             ("Only rejects tagged", self.reasons),
+            ("Validation images", self.validation_passes),
         ]
         for i, (label, widget) in enumerate(cells):
             grid.addWidget(QLabel(label), i // 3, (i % 3) * 2)
@@ -253,6 +261,7 @@ class TrainPage(QWidget):
         self.text_encoder.setChecked(c.train_text_encoder)
         self.compile.setChecked(bool(c.compile))
         self.reasons.setText(", ".join(c.reasons))
+        self.validation_passes.setCurrentIndex(max(self.validation_passes.findData(c.validation_passes), 0))
 
     def config(self) -> TrainConfig:
         reasons = tuple(r.strip() for r in self.reasons.text().split(",") if r.strip())
@@ -278,6 +287,7 @@ class TrainPage(QWidget):
             train_text_encoder=self.text_encoder.isChecked(),
             compile=(self._base.compile or "inductor") if self.compile.isChecked() else "",
             reasons=reasons,
+            validation_passes=self.validation_passes.currentData(),
         )
 
     def state(self) -> dict:
@@ -397,8 +407,10 @@ class TrainPage(QWidget):
         elif kind == "nan_skip":
             self.status.setText(f"Step {e['step']}: non-finite loss, skipped ({e['in_a_row']} in a row)")
         elif kind == "validation":
+            how = {"negative": "negative pass", "both": "both passes"}.get(e.get("passes", ""), "")
+            where = f"LoRA on the {how}, CFG {e['guidance']:g}\n" if how and "guidance" in e else ""
             for path, prompt in zip(e["paths"], e["prompts"], strict=False):
-                self._add_sample(path, f"step {e['step']}\n{prompt[:28]}", f"{prompt}\n{path}")
+                self._add_sample(path, f"step {e['step']}\n{prompt[:28]}", f"{prompt}\n{where}{path}")
 
     def _add_sample(self, path: str, label: str, tip: str) -> None:
         pix = QPixmap(path)

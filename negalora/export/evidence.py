@@ -1,0 +1,249 @@
+"""What a run's own measurements say about the ways to use its LoRA, for the model card and the
+ComfyUI workflow: the artist's verdicts on comparison cells, blind votes, the strength sweep on both
+passes (A1111's way) and the strength the artist marked best. Where the run has measured nothing,
+the demo world's published numbers stand in, labelled as such.
+
+A way is how a comparison column used the LoRA: not at all (base), only the token in the negative
+prompt, the LoRA on both guidance passes, or on the negative pass only. Torch-free.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+from negalora.compare.votes import wilson_interval
+from negalora.demo_world import published
+from negalora.lora_passes import BOTH, NEGATIVE
+
+BASE, TOKEN_ONLY, BOTH_PASSES, NEGATIVE_PASS = "base", "token_only", "both_passes", "negative_pass"
+WAYS = (NEGATIVE_PASS, BOTH_PASSES, TOKEN_ONLY, BASE)  # also the order that breaks ties
+LABELS = {
+    BASE: "no LoRA, no token (base)",
+    TOKEN_ONLY: "`wrong` in the negative prompt, no LoRA",
+    BOTH_PASSES: "LoRA on both passes + `wrong` (A1111, Forge, a plain LoraLoader, load_lora_weights)",
+    NEGATIVE_PASS: "LoRA on the negative pass only + `wrong` (negalora's default; the ComfyUI hook workflow; "
+    "negative_pass() in diffusers)",
+}
+SHORT = {
+    BASE: "base",
+    TOKEN_ONLY: "`wrong` only",
+    BOTH_PASSES: "LoRA on both passes",
+    NEGATIVE_PASS: "LoRA on the negative pass",
+}
+
+
+def way_of(column: dict) -> str:
+    if not column.get("lora_path"):
+        return TOKEN_ONLY if column.get("with_token") else BASE
+    return NEGATIVE_PASS if column.get("lora_passes") == NEGATIVE else BOTH_PASSES
+
+
+@dataclass
+class Tally:
+    """The artist's verdicts on the cells rendered one way (or at one strength)."""
+
+    cells: int = 0
+    rated: int = 0
+    rejects: int = 0
+    picks: int = 0
+
+    def add(self, verdict: str | None) -> None:
+        self.cells += 1
+        if verdict in ("reject", "pick"):
+            self.rated += 1
+            self.rejects += verdict == "reject"
+            self.picks += verdict == "pick"
+
+    @property
+    def reject_rate(self) -> float | None:
+        return self.rejects / self.rated if self.rated else None
+
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.rejects, self.rated)
+
+    def describe(self) -> str:
+        if not self.rated:
+            return f"{self.cells} cells, none rated yet"
+        lo, hi = self.interval()
+        return (
+            f"{self.rejects} of {self.rated} rated cells rejected ({self.reject_rate:.0%}, 95% CI {lo:.0%}–{hi:.0%}), "
+            f"{self.picks} picked"
+        )
+
+
+@dataclass
+class VoteTally:
+    a: str  # a way
+    b: str
+    wins: int = 0  # a won
+    losses: int = 0
+    ties: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def rate(self) -> float:
+        return (self.wins + 0.5 * self.ties) / self.n if self.n else 0.5
+
+    def describe(self) -> str:
+        lo, hi = wilson_interval(self.wins + 0.5 * self.ties, self.n)
+        return (
+            f"{SHORT[self.a]} beat {SHORT[self.b]} in {self.rate:.0%} of {self.n} blind votes "
+            f"(95% CI {lo:.0%}–{hi:.0%}; {self.wins} wins, {self.losses} losses, {self.ties} ties)"
+        )
+
+
+@dataclass
+class Strength:
+    """The both-pass strength to use where a LoRA can only be loaded the usual way (A1111, Forge)."""
+
+    scale: float | None  # None: nothing measured
+    how: str  # marked | sweep | none
+    sweep: dict[float, Tally] = field(default_factory=dict)  # both-pass strengths of the run's sweeps
+    negative_sweep: dict[float, Tally] = field(default_factory=dict)
+
+
+@dataclass
+class Evidence:
+    source: str  # "run": this run's own measurements; "demo_world": the published demo numbers
+    best: str  # the way that measured best
+    ways: dict[str, Tally]
+    votes: list[VoteTally]
+    strength: Strength
+    decided_by: str  # ratings | votes | demo_world
+    demo: dict = field(default_factory=dict)  # way -> (defective, n, shape %) when source is demo_world
+
+    def worse_than_base(self, way: str) -> bool:
+        """Whether the measurement behind this evidence found ``way`` worse than base."""
+        if self.source == "demo_world":
+            d = self.demo
+            return way in d and BASE in d and d[way][0] / d[way][1] > d[BASE][0] / d[BASE][1]
+        if self.decided_by == "ratings":
+            mine, base = self.ways.get(way), self.ways.get(BASE)
+            return bool(mine and base and mine.rated and base.rated and mine.reject_rate > base.reject_rate)
+        if self.decided_by == "votes":
+            return any(v.a == way and v.b == BASE and v.rate < 0.5 for v in self.votes) or any(
+                v.b == way and v.a == BASE and v.rate > 0.5 for v in self.votes
+            )
+        return False
+
+    def numbers(self, way: str) -> str:
+        """What was measured for one way, in words."""
+        if self.source == "demo_world":
+            if way not in self.demo:
+                return "not measured"
+            bad, n, shape = self.demo[way]
+            lo, hi = wilson_interval(bad, n)
+            return f"{bad / n:.1%} defects (95% CI {lo:.1%}–{hi:.1%}; {bad} of {n}), shape as asked {shape}%"
+        parts = []
+        tally = self.ways.get(way)
+        if tally and tally.cells:
+            parts.append(tally.describe())
+        parts += [v.describe() for v in self.votes if way in (v.a, v.b)]
+        return "; ".join(parts) or "not measured on this run"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["strength"]["sweep"] = {f"{k:g}": asdict(v) for k, v in self.strength.sweep.items()}
+        out["strength"]["negative_sweep"] = {f"{k:g}": asdict(v) for k, v in self.strength.negative_sweep.items()}
+        return out
+
+
+def _cells_of_step(store, run_id: str, step: int):
+    """(comparison, column, cell) for every cell of the run's comparisons that used this checkpoint
+    (or no LoRA at all, beside it)."""
+    for comparison in store.comparisons(run_id):
+        if comparison["status"] != "done":
+            continue
+        full = store.comparison(comparison["id"])
+        columns = full["columns"]
+        lora_steps = {c.get("step") for c in columns if c.get("lora_path")}
+        if comparison["step"] != step and step not in lora_steps:
+            continue
+        for cell in full["cells"]:
+            column = columns[cell["col"]]
+            if column.get("lora_path") and column.get("step", comparison["step"]) != step:
+                continue  # another checkpoint of a checkpoint sweep
+            yield comparison, column, cell
+
+
+def gather(store, run_id: str, step: int) -> Evidence:
+    ways: dict[str, Tally] = {w: Tally() for w in WAYS}
+    sweep: dict[float, Tally] = {}
+    negative_sweep: dict[float, Tally] = {}
+    way_of_image: dict[int, str] = {}
+    for comparison, column, cell in _cells_of_step(store, run_id, step):
+        way = way_of(column)
+        scale = float(column.get("lora_scale", 1.0))
+        if comparison["kind"] == "scale_sweep":
+            (negative_sweep if way == NEGATIVE_PASS else sweep).setdefault(scale, Tally()).add(cell["verdict"])
+            if scale != 1.0:
+                continue  # a way's own numbers are at full strength
+        if way in (BOTH_PASSES, NEGATIVE_PASS) and scale != 1.0:
+            continue
+        ways[way].add(cell["verdict"])
+        way_of_image[cell["image_id"]] = way
+    votes: dict[tuple[str, str], VoteTally] = {}
+    for v in store.votes(run_id):
+        a, b = way_of_image.get(v["a_image_id"]), way_of_image.get(v["b_image_id"])
+        if a is None or b is None or a == b:
+            continue
+        tally = votes.setdefault((a, b), VoteTally(a, b))
+        if v["outcome"] == "a":
+            tally.wins += 1
+        elif v["outcome"] == "b":
+            tally.losses += 1
+        else:
+            tally.ties += 1
+    strength = _strength(store.run(run_id).get("best_scale"), sweep, negative_sweep)
+    rated = [w for w in WAYS if ways[w].rated]
+    if len(rated) >= 2 and any(w in rated for w in (NEGATIVE_PASS, BOTH_PASSES)):
+        best = min(rated, key=lambda w: (ways[w].reject_rate, -ways[w].picks / ways[w].rated, WAYS.index(w)))
+        return Evidence("run", best, ways, list(votes.values()), strength, "ratings")
+    if votes:
+        best = _best_by_votes(list(votes.values()))
+        return Evidence("run", best, ways, list(votes.values()), strength, "votes")
+    demo = {way: row[1:] for way, row in published.ROWS.items()}
+    best = min(demo, key=lambda w: (demo[w][0] / demo[w][1], WAYS.index(w)))
+    return Evidence("demo_world", best, ways, [], strength, "demo_world", demo)
+
+
+def _best_by_votes(votes: list[VoteTally]) -> str:
+    """The way with the best share of all its blind votes (a tie counts half)."""
+    score: dict[str, list[float]] = {}
+    for v in votes:
+        for way, won in ((v.a, v.wins + 0.5 * v.ties), (v.b, v.losses + 0.5 * v.ties)):
+            s = score.setdefault(way, [0.0, 0])
+            s[0] += won
+            s[1] += v.n
+    return min(score, key=lambda w: (-score[w][0] / score[w][1], WAYS.index(w)))
+
+
+def _strength(marked, sweep: dict[float, Tally], negative_sweep: dict[float, Tally]) -> Strength:
+    if marked is not None:
+        return Strength(float(marked), "marked", sweep, negative_sweep)
+    rated = {s: t for s, t in sweep.items() if t.rated}
+    if rated:
+        best = min(rated, key=lambda s: (rated[s].reject_rate, -rated[s].picks / rated[s].rated, s))
+        return Strength(best, "sweep", sweep, negative_sweep)
+    return Strength(None, "none", sweep, negative_sweep)
+
+
+BOTH_PASS_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def sweep_request(run_id: str, step: int, model_source: str) -> dict:
+    """The strength sweep on both passes that the card's A1111 advice needs, as a CompareRequest dict
+    (the model's default test set)."""
+    from negalora.compare.prompt_sets import DEMO_STEPS, default_guidance, default_set_name
+
+    return {
+        "steps": DEMO_STEPS if model_source == "demo" else 25,
+        "kind": "scale_sweep",
+        "lora": run_id,
+        "step": step,
+        "scales": list(BOTH_PASS_SCALES),
+        "lora_passes": BOTH,
+        "prompt_set": default_set_name(model_source),
+        "guidance": default_guidance(model_source),
+    }
