@@ -74,3 +74,17 @@ def test_the_default_set_fits_the_model():
     for prompt in prompt_sets.DEMO_PROMPTS:
         parse_caption(prompt)  # every one a caption the demo world draws
     assert prompt_sets.default_guidance("demo") == 3.0 and prompt_sets.default_guidance("folder") == 7.0
+
+
+def test_the_built_in_sets_are_there_when_a_command_names_them(home):
+    from negalora.compare.runner import CompareRequest, fill_from_prompt_set
+
+    store = Store(home)
+    try:
+        filled = fill_from_prompt_set(store, CompareRequest(prompt_set=prompt_sets.DEMO_SET, lora="x"))
+        assert filled.prompts == prompt_sets.DEMO_PROMPTS and filled.guidance == 3.0
+        assert fill_from_prompt_set(store, CompareRequest(prompt_set="default")).prompts == prompt_sets.DEFAULT_PROMPTS
+        with pytest.raises(Exception, match="no such set"):
+            fill_from_prompt_set(store, CompareRequest(prompt_set="mine"))
+    finally:
+        store.close()

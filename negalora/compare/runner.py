@@ -95,6 +95,10 @@ def fill_from_prompt_set(store: Store, request: CompareRequest) -> CompareReques
         return request
     from dataclasses import replace
 
+    from negalora.compare.prompt_sets import DEFAULT_SET, DEMO_SET, ensure_default_set
+
+    if request.prompt_set in (DEFAULT_SET, DEMO_SET):  # the built-in sets exist from their first use
+        ensure_default_set(store, "demo" if request.prompt_set == DEMO_SET else "")
     ps = store.prompt_set(request.prompt_set)
     settings = {k: v for k, v in ps["settings"].items() if k in ("steps", "guidance", "token", "base_negative")}
     return replace(request, prompts=tuple(ps["prompts"]), seeds=tuple(ps["seeds"]), **settings)

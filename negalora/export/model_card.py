@@ -156,11 +156,13 @@ def _a1111(e: ev.Evidence, u: Usage, lora_name: str, token: str) -> str:
             f"--scales 0,0.25,0.5,0.75,1 --lora-passes both --prompt-set {u.prompt_set}`), rate its cells (or "
             f"`negalora mark-best {u.run_id} --scale X`), and export again."
         )
-    scale = s.scale if s.scale is not None else 1.0
     if s.scale == 0:
+        token_worse = e.worse_than_base(ev.TOKEN_ONLY)
         lines.append(
-            "At strength 0 the LoRA does nothing: in A1111 and Forge, leave it out and keep `wrong` only if it helped."
+            "At strength 0 the LoRA does nothing: in A1111 and Forge, leave it out"
+            + (", and `wrong` too: alone it measured worse than base." if token_worse else ".")
         )
+    scale = s.scale if s.scale else 1.0
     lines.append(
         f"To use it there anyway: copy `{u.lora_file}` into `models/Lora`, add `<lora:{lora_name}:{scale:g}>` anywhere "
         f"in the prompt (it only loads the LoRA) and write `{token}` in the *Negative prompt* box."
