@@ -1,29 +1,24 @@
-"""Samplers by their A1111 names, built from the model's own scheduler config."""
+"""Samplers by their A1111 names, built from the model's own scheduler config.
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
+The names cost nothing to import (the CLI's --help and the window list them); diffusers is
+imported only when a scheduler is made.
+"""
 
 from negalora.errors import NegaloraError
 
-# name -> (class, config overrides)
+# name -> (diffusers class name, config overrides)
 SCHEDULERS = {
-    "Euler": (EulerDiscreteScheduler, {}),
-    "Euler a": (EulerAncestralDiscreteScheduler, {}),
-    "Heun": (HeunDiscreteScheduler, {}),
-    "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
-    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
     "DPM++ 2M SDE Karras": (
-        DPMSolverMultistepScheduler,
+        "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
-    "DDIM": (DDIMScheduler, {}),
-    "UniPC": (UniPCMultistepScheduler, {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
 }
 DEFAULT_SCHEDULER = "Euler"
 
@@ -38,5 +33,7 @@ def canonical_name(name: str) -> str:
 
 
 def make_scheduler(name: str, base_config: dict):
-    cls, overrides = SCHEDULERS[canonical_name(name)]
-    return cls.from_config(base_config, **overrides)
+    import diffusers
+
+    cls_name, overrides = SCHEDULERS[canonical_name(name)]
+    return getattr(diffusers, cls_name).from_config(base_config, **overrides)
