@@ -132,7 +132,10 @@ def negative_pass(pipe, text_encoders: bool = True) -> Iterator:
     The UNet's LoRA acts on the negative half of each guided step and is off for the positive half
     (off entirely at CFG 1 or below, where there is no negative pass); a LoRA on the text encoders
     encodes the negative prompt only. ``text_encoders=False`` leaves ``encode_prompt`` alone, for
-    callers that pass their own embeddings (the app, with Compel)."""
+    callers that pass their own embeddings (the app, with Compel).
+
+    Every adapter loaded into the pipeline is switched together (one ``wrong`` LoRA is what it is
+    for), and the ``encode_prompt`` wrapper expects SDXL's four embeddings: it is for SDXL pipelines."""
     guided = getattr(type(pipe), "do_classifier_free_guidance", None)
     predicate = (lambda: bool(pipe.do_classifier_free_guidance)) if isinstance(guided, property) else None
     patched = text_encoders and hasattr(pipe, "encode_prompt")

@@ -99,6 +99,7 @@ class Strength:
 
     scale: float | None  # None: nothing measured
     how: str  # marked | sweep | none
+    nonzero: float | None = None  # the best-rated strength above 0, for a tag when the best is 0
     sweep: dict[float, Tally] = field(default_factory=dict)  # both-pass strengths of the run's sweeps
     negative_sweep: dict[float, Tally] = field(default_factory=dict)
 
@@ -113,19 +114,72 @@ class Evidence:
     decided_by: str  # ratings | votes | demo_world
     demo: dict = field(default_factory=dict)  # way -> (defective, n, shape %) when source is demo_world
 
-    def worse_than_base(self, way: str) -> bool:
-        """Whether the measurement behind this evidence found ``way`` worse than base."""
+    def _rate_and_interval(self, way: str) -> tuple[float, float, float] | None:
         if self.source == "demo_world":
-            d = self.demo
-            return way in d and BASE in d and d[way][0] / d[way][1] > d[BASE][0] / d[BASE][1]
-        if self.decided_by == "ratings":
-            mine, base = self.ways.get(way), self.ways.get(BASE)
-            return bool(mine and base and mine.rated and base.rated and mine.reject_rate > base.reject_rate)
+            if way not in self.demo:
+                return None
+            bad, n, _ = self.demo[way]
+            return (bad / n, *wilson_interval(bad, n))
+        tally = self.ways.get(way)
+        if not tally or not tally.rated:
+            return None
+        return (tally.reject_rate, *tally.interval())
+
+    def against_base(self, way: str) -> str | None:
+        """``"worse"`` when the measurement found ``way`` worse than base with 95% intervals apart,
+        ``"higher"`` when only its measured rate is higher (the intervals overlap: not yet distinguishable)."""
         if self.decided_by == "votes":
-            return any(v.a == way and v.b == BASE and v.rate < 0.5 for v in self.votes) or any(
-                v.b == way and v.a == BASE and v.rate > 0.5 for v in self.votes
-            )
-        return False
+            for v in self.votes:
+                if BASE in (v.a, v.b) and way in (v.a, v.b):
+                    lo, hi = wilson_interval(v.wins + 0.5 * v.ties, v.n)
+                    if v.a == BASE:  # as the share that ``way`` won
+                        lo, hi = 1 - hi, 1 - lo
+                    rate = v.rate if v.a == way else 1 - v.rate
+                    if hi < 0.5:
+                        return "worse"
+                    return "higher" if rate < 0.5 else None
+            return None
+        mine, base = self._rate_and_interval(way), self._rate_and_interval(BASE)
+        if mine is None or base is None or mine[0] <= base[0]:
+            return None
+        if mine[1] > base[2] or self.shape_below_base(way):
+            return "worse"  # more defects beyond the intervals, or as many and the asked shape less often
+        return "higher"
+
+    def shape_below_base(self, way: str) -> tuple[int, int] | None:
+        """(shape %, base's shape %) where the demo world found ``way`` drawing the asked shape less often
+        than base, beyond the 95% intervals."""
+        if self.source != "demo_world" or way == BASE or way not in self.demo or BASE not in self.demo:
+            return None
+        (_, n, shape), (_, base_n, base_shape) = self.demo[way], self.demo[BASE]
+        if wilson_interval(shape * n / 100, n)[1] < wilson_interval(base_shape * base_n / 100, base_n)[0]:
+            return shape, base_shape
+        return None
+
+    def worse_than_base(self, way: str) -> bool:
+        """Whether the measurement behind this evidence found ``way`` worse than base, beyond its 95% intervals."""
+        return self.against_base(way) == "worse"
+
+    def undistinguished(self) -> list[str]:
+        """The other measured ways whose 95% interval overlaps the best way's: the measurement cannot yet tell
+        them from the best."""
+        if self.decided_by == "votes":
+            out = []
+            for v in self.votes:
+                if self.best in (v.a, v.b):
+                    lo, hi = wilson_interval(v.wins + 0.5 * v.ties, v.n)
+                    if lo <= 0.5 <= hi:
+                        out.append(v.b if v.a == self.best else v.a)
+            return [w for w in WAYS if w in out]
+        best = self._rate_and_interval(self.best)
+        if best is None:
+            return []
+        out = []
+        for way in WAYS:
+            other = self._rate_and_interval(way)
+            if way != self.best and other is not None and other[1] <= best[2]:
+                out.append(way)
+        return out
 
     def numbers(self, way: str) -> str:
         """What was measured for one way, in words."""
@@ -172,15 +226,24 @@ def gather(store, run_id: str, step: int) -> Evidence:
     sweep: dict[float, Tally] = {}
     negative_sweep: dict[float, Tally] = {}
     way_of_image: dict[int, str] = {}
+    # The store is content-addressed: the after-training comparison and a sweep at strength 1 can share
+    # images, and one image is one measurement.
+    seen: set[tuple] = set()
     for comparison, column, cell in _cells_of_step(store, run_id, step):
         way = way_of(column)
         scale = float(column.get("lora_scale", 1.0))
         if comparison["kind"] == "scale_sweep":
-            (negative_sweep if way == NEGATIVE_PASS else sweep).setdefault(scale, Tally()).add(cell["verdict"])
+            key = (way == NEGATIVE_PASS, scale, cell["image_id"])
+            if key not in seen:
+                seen.add(key)
+                (negative_sweep if way == NEGATIVE_PASS else sweep).setdefault(scale, Tally()).add(cell["verdict"])
             if scale != 1.0:
                 continue  # a way's own numbers are at full strength
         if way in (BOTH_PASSES, NEGATIVE_PASS) and scale != 1.0:
             continue
+        if (way, cell["image_id"]) in seen:
+            continue
+        seen.add((way, cell["image_id"]))
         ways[way].add(cell["verdict"])
         way_of_image[cell["image_id"]] = way
     votes: dict[tuple[str, str], VoteTally] = {}
@@ -188,17 +251,22 @@ def gather(store, run_id: str, step: int) -> Evidence:
         a, b = way_of_image.get(v["a_image_id"]), way_of_image.get(v["b_image_id"])
         if a is None or b is None or a == b:
             continue
+        outcome = v["outcome"]
+        if WAYS.index(a) > WAYS.index(b):  # one tally per pair of ways, whichever side each was shown on
+            a, b = b, a
+            outcome = {"a": "b", "b": "a"}.get(outcome, outcome)
         tally = votes.setdefault((a, b), VoteTally(a, b))
-        if v["outcome"] == "a":
+        if outcome == "a":
             tally.wins += 1
-        elif v["outcome"] == "b":
+        elif outcome == "b":
             tally.losses += 1
         else:
             tally.ties += 1
     strength = _strength(store.run(run_id).get("best_scale"), sweep, negative_sweep)
     rated = [w for w in WAYS if ways[w].rated]
     if len(rated) >= 2 and any(w in rated for w in (NEGATIVE_PASS, BOTH_PASSES)):
-        best = min(rated, key=lambda w: (ways[w].reject_rate, -ways[w].picks / ways[w].rated, WAYS.index(w)))
+        # equal rates: the way measured on more cells (the lower upper bound) first
+        best = min(rated, key=lambda w: (ways[w].reject_rate, ways[w].interval()[1], WAYS.index(w)))
         return Evidence("run", best, ways, list(votes.values()), strength, "ratings")
     if votes:
         best = _best_by_votes(list(votes.values()))
@@ -220,13 +288,17 @@ def _best_by_votes(votes: list[VoteTally]) -> str:
 
 
 def _strength(marked, sweep: dict[float, Tally], negative_sweep: dict[float, Tally]) -> Strength:
-    if marked is not None:
-        return Strength(float(marked), "marked", sweep, negative_sweep)
     rated = {s: t for s, t in sweep.items() if t.rated}
+
+    def best_of(scales):
+        return min(scales, key=lambda s: (rated[s].reject_rate, rated[s].interval()[1], s), default=None)
+
+    nonzero = best_of([s for s in rated if s > 0])
+    if marked is not None:
+        return Strength(float(marked), "marked", nonzero, sweep, negative_sweep)
     if rated:
-        best = min(rated, key=lambda s: (rated[s].reject_rate, -rated[s].picks / rated[s].rated, s))
-        return Strength(best, "sweep", sweep, negative_sweep)
-    return Strength(None, "none", sweep, negative_sweep)
+        return Strength(best_of(rated), "sweep", nonzero, sweep, negative_sweep)
+    return Strength(None, "none", None, sweep, negative_sweep)
 
 
 BOTH_PASS_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -76,6 +76,10 @@ class ExportPlan:
     def workflows(self) -> tuple[dict, dict]:
         """The ComfyUI workflows (UI format, API format) that use the LoRA the way that measured best."""
         u = self.usage
+        strength = 1.0
+        marked = self.evidence.strength.scale
+        if u.workflow_form == comfyui.BOTH_PASSES and marked:  # a LoraLoader graph: the best measured strength
+            strength = marked
         spec = comfyui.WorkflowSpec(
             ckpt_name=u.ckpt_name,
             lora_name=u.comfy_lora_name,
@@ -88,7 +92,7 @@ class ExportPlan:
             sampler=u.scheduler,
             width=u.width,
             height=u.height,
-            strength=1.0,
+            strength=strength,
             filename_prefix=f"negalora/{self.name}",
             extra={
                 "run": self.source.run_id,

@@ -91,8 +91,16 @@ def _ways_table(e: ev.Evidence) -> str:
     rows = []
     for way in ev.WAYS:
         numbers = e.numbers(way)
-        if way != ev.BASE and e.worse_than_base(way):
-            numbers += " — **worse than base**"
+        against = e.against_base(way) if way != ev.BASE else None
+        shape = e.shape_below_base(way)
+        if against == "worse":
+            numbers += " — **worse than base**" + (
+                f" (no fewer defects, and the asked shape {shape[1] - shape[0]} points less often)" if shape else ""
+            )
+        elif against == "higher":
+            numbers += " — measured worse than base, but the 95% intervals overlap: not yet distinguishable"
+        elif shape:
+            numbers += f" — the asked shape {shape[1] - shape[0]} points less often than base"
         best = " **(best)**" if way == e.best else ""
         rows.append(f"| {ev.LABELS[way]}{best} | {numbers} |")
     return head + "\n".join(rows) + "\n"
@@ -125,7 +133,24 @@ def _lead(e: ev.Evidence, u: Usage) -> str:
             f"**No way of using the LoRA beat {ev.SHORT[e.best]}**: the measurement says to leave the LoRA out. "
             "The counts may be small; compare more prompts and seeds before you trust it either way."
         )
+    close = e.undistinguished()
+    if close:
+        way += (
+            f" That is the lowest measured rate, but its 95% interval overlaps that of "
+            f"{', '.join(ev.SHORT[w] for w in close)}: **not yet distinguishable**. Rate more cells (or cast more "
+            "blind votes) and export again before you trust the difference."
+        )
     return f"{where}\n\n{way}"
+
+
+def _leave_out(e: ev.Evidence) -> str:
+    """The caveat a usage section carries when the run measured the LoRA no better than leaving it out."""
+    if e.best in (ev.NEGATIVE_PASS, ev.BOTH_PASSES):
+        return ""
+    return (
+        f"**This run measured no way of using the LoRA better than {ev.SHORT[e.best]}: leave it out.** "
+        "Here is how, should you try it anyway.\n\n"
+    )
 
 
 def _a1111(e: ev.Evidence, u: Usage, lora_name: str, token: str) -> str:
@@ -136,7 +161,12 @@ def _a1111(e: ev.Evidence, u: Usage, lora_name: str, token: str) -> str:
         "AUTOMATIC1111 and Forge apply every LoRA on **both** guidance passes; neither has a negative-pass-only "
         "mode (composable-lora's options add the negative pass to a LoRA of the prompt).",
         f"On {where}, that way measured: {both}."
-        + (f" **That is worse than using no LoRA at all on {where}.**" if worse else ""),
+        + (f" **That is worse than using no LoRA at all on {where}.**" if worse else "")
+        + (
+            " That is a higher rate than using no LoRA at all, though the 95% intervals overlap."
+            if e.against_base(ev.BOTH_PASSES) == "higher"
+            else ""
+        ),
     ]
     s = e.strength
     if s.how == "marked":
@@ -156,18 +186,24 @@ def _a1111(e: ev.Evidence, u: Usage, lora_name: str, token: str) -> str:
             f"--scales 0,0.25,0.5,0.75,1 --lora-passes both --prompt-set {u.prompt_set}`), rate its cells (or "
             f"`negalora mark-best {u.run_id} --scale X`), and export again."
         )
+    scale = s.scale if s.scale else 1.0
     if s.scale == 0:
         token_worse = e.worse_than_base(ev.TOKEN_ONLY)
         lines.append(
             "At strength 0 the LoRA does nothing: in A1111 and Forge, leave it out"
             + (", and `wrong` too: alone it measured worse than base." if token_worse else ".")
         )
-    scale = s.scale if s.scale else 1.0
+        if s.nonzero is not None:
+            scale = s.nonzero
+            lines.append(
+                f"The best strength above 0 that this run's sweep measured is **{scale:g}** "
+                f"({s.sweep[scale].describe()}); the tag below uses it."
+            )
     lines.append(
         f"To use it there anyway: copy `{u.lora_file}` into `models/Lora`, add `<lora:{lora_name}:{scale:g}>` anywhere "
         f"in the prompt (it only loads the LoRA) and write `{token}` in the *Negative prompt* box."
     )
-    return "\n\n".join(lines)
+    return _leave_out(e) + "\n\n".join(lines)
 
 
 def _comfyui(e: ev.Evidence, u: Usage, fmt: str, token: str) -> str:
@@ -206,7 +242,7 @@ def _comfyui(e: ev.Evidence, u: Usage, fmt: str, token: str) -> str:
             "(`…attn1.to_k` and the like): it would load only part of the LoRA, and the hook nodes do so without a "
             "warning. For ComfyUI, export in kohya format (`negalora export RUN --format kohya`).**"
         )
-    return "\n\n".join(lines)
+    return _leave_out(e) + "\n\n".join(lines)
 
 
 def model_card(
@@ -284,8 +320,8 @@ Test recipe used below: `{usage.prompt}`, seed {usage.seed}, {usage.steps} steps
 
 ### diffusers
 
-`load_lora_weights` applies the LoRA on both passes; negalora's `negative_pass` (the code negalora renders
-with) applies it on the negative pass only:
+{_leave_out(evidence)}`load_lora_weights` applies the LoRA on both passes; negalora's `negative_pass`
+(the code negalora renders with) applies it on the negative pass only:
 
 ```python
 {diffusers_snippet(usage, token)}

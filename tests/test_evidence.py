@@ -1,0 +1,163 @@
+"""The rules by which a run's measurements become the card's advice (negalora.export.evidence), on a
+small in-memory store: one image is one measurement, a vote counts for its pair of ways whichever
+side each was shown on, and a difference whose 95% intervals overlap is not called a winner."""
+
+from negalora.export import evidence as ev
+from negalora.export import model_card
+from negalora.lora_passes import BOTH, NEGATIVE
+
+COLUMNS = {
+    ev.BASE: {"key": "base"},
+    ev.TOKEN_ONLY: {"key": "negative", "with_token": True},
+    ev.NEGATIVE_PASS: {"key": "lora", "lora_path": "x", "lora_passes": NEGATIVE, "step": 4},
+    ev.BOTH_PASSES: {"key": "lora_both", "lora_path": "x", "lora_passes": BOTH, "step": 4},
+}
+
+
+class FakeStore:
+    def __init__(self):
+        self.comps: list[dict] = []
+        self.vote_rows: list[dict] = []
+        self.best_scale = None
+
+    def add(self, columns: list[dict], cells: list[tuple[int, int, str | None]], kind: str = "three_col") -> None:
+        """cells: (col, image_id, verdict)."""
+        cid = len(self.comps) + 1
+        self.comps.append(
+            {
+                "id": cid,
+                "status": "done",
+                "step": 4,
+                "kind": kind,
+                "columns": columns,
+                "cells": [{"col": c, "image_id": i, "verdict": v} for c, i, v in cells],
+            }
+        )
+
+    def comparisons(self, run_id):
+        return self.comps
+
+    def comparison(self, cid):
+        return self.comps[cid - 1]
+
+    def votes(self, run_id):
+        return self.vote_rows
+
+    def run(self, run_id):
+        return {"best_scale": self.best_scale}
+
+
+def _ways(store, counts: dict[str, tuple[int, int]], start=1) -> int:
+    """One comparison with ``counts[way] = (rejects, picks)`` cells per way; returns the next image id."""
+    columns = [COLUMNS[w] for w in counts]
+    cells, image = [], start
+    for col, (rejects, picks) in enumerate(counts.values()):
+        for verdict in ["reject"] * rejects + ["pick"] * picks:
+            cells.append((col, image, verdict))
+            image += 1
+    store.add(columns, cells)
+    return image
+
+
+def test_an_image_in_two_comparisons_is_counted_once():
+    store = FakeStore()
+    _ways(store, {ev.BASE: (2, 0), ev.NEGATIVE_PASS: (0, 2), ev.BOTH_PASSES: (1, 1)})
+    # a both-pass sweep at strength 1 renders the both-pass column's recipe again: the same images
+    sweep_cols = [{**COLUMNS[ev.BOTH_PASSES], "lora_scale": s} for s in (0.0, 1.0)]
+    store.add(sweep_cols, [(0, 100, "reject"), (1, 5, "reject"), (1, 6, "pick")], kind="scale_sweep")
+    e = ev.gather(store, "run", 4)
+    assert (e.ways[ev.BOTH_PASSES].rated, e.ways[ev.BOTH_PASSES].rejects) == (2, 1)
+    assert e.strength.sweep[1.0].rated == 2 and e.strength.sweep[0.0].rated == 1
+
+
+def test_votes_count_for_their_pair_whichever_side_each_way_was_on():
+    store = FakeStore()
+    _ways(store, {ev.BASE: (0, 0), ev.NEGATIVE_PASS: (0, 0)})
+    store.comps[0]["cells"] = [
+        {"col": 0, "image_id": 1, "verdict": None},
+        {"col": 1, "image_id": 2, "verdict": None},
+        {"col": 0, "image_id": 3, "verdict": None},
+        {"col": 1, "image_id": 4, "verdict": None},
+    ]
+    store.vote_rows = [
+        {"a_image_id": 2, "b_image_id": 1, "outcome": "a"},  # negative pass shown as a, won
+        {"a_image_id": 1, "b_image_id": 2, "outcome": "b"},  # base shown as a, the negative pass won
+        {"a_image_id": 3, "b_image_id": 4, "outcome": "a"},  # base won
+    ]
+    e = ev.gather(store, "run", 4)
+    assert len(e.votes) == 1
+    v = e.votes[0]
+    assert (v.a, v.b, v.wins, v.losses) == (ev.NEGATIVE_PASS, ev.BASE, 2, 1)
+    assert e.decided_by == "votes" and e.best == ev.NEGATIVE_PASS
+    assert e.undistinguished() == [ev.BASE]  # 2 of 3 votes: the interval holds 50%
+
+
+def test_overlapping_intervals_are_not_called_worse_or_a_clear_best():
+    small = FakeStore()
+    _ways(small, {ev.BASE: (1, 2), ev.NEGATIVE_PASS: (0, 3), ev.BOTH_PASSES: (2, 1)})
+    e = ev.gather(small, "run", 4)
+    assert e.best == ev.NEGATIVE_PASS
+    assert e.against_base(ev.BOTH_PASSES) == "higher" and not e.worse_than_base(ev.BOTH_PASSES)
+    assert e.undistinguished() == [ev.BOTH_PASSES, ev.BASE]
+    lead = model_card._lead(e, _usage())
+    assert "not yet distinguishable" in lead and "LoRA on both passes, base" in lead
+    table = model_card._ways_table(e)
+    assert "**worse than base**" not in table and "not yet distinguishable" in table
+
+    large = FakeStore()
+    _ways(large, {ev.BASE: (16, 24), ev.NEGATIVE_PASS: (2, 38), ev.BOTH_PASSES: (30, 10)})
+    e = ev.gather(large, "run", 4)
+    assert e.worse_than_base(ev.BOTH_PASSES) and e.undistinguished() == []
+    assert "not yet distinguishable" not in model_card._lead(e, _usage())
+    assert "**worse than base**" in model_card._ways_table(e)
+
+
+def test_a_best_strength_of_zero_still_gives_the_best_nonzero_tag():
+    store = FakeStore()
+    _ways(store, {ev.BASE: (0, 3), ev.NEGATIVE_PASS: (0, 3)})
+    sweep_cols = [{**COLUMNS[ev.BOTH_PASSES], "lora_scale": s} for s in (0.0, 0.5, 1.0)]
+    cells = [(0, 200 + i, "pick") for i in range(3)]
+    cells += [(1, 210 + i, v) for i, v in enumerate(["pick", "pick", "reject"])]
+    cells += [(2, 220 + i, "reject") for i in range(3)]
+    store.add(sweep_cols, cells, kind="scale_sweep")
+    e = ev.gather(store, "run", 4)
+    assert (e.strength.scale, e.strength.nonzero) == (0.0, 0.5)
+    a1111 = model_card._a1111(e, _usage(), "wrongx", "wrong")
+    assert "leave it out" in a1111 and "<lora:wrongx:0.5>" in a1111 and "<lora:wrongx:1>" not in a1111
+
+
+def test_when_base_measured_best_every_usage_section_says_to_leave_the_lora_out():
+    store = FakeStore()
+    _ways(store, {ev.BASE: (0, 6), ev.NEGATIVE_PASS: (3, 3), ev.BOTH_PASSES: (5, 1)})
+    e = ev.gather(store, "run", 4)
+    assert e.best == ev.BASE
+    assert model_card._comfyui(e, _usage(), "kohya", "wrong").startswith("**This run measured no way")
+    assert model_card._a1111(e, _usage(), "w", "wrong").startswith("**This run measured no way")
+    assert model_card._leave_out(e).startswith("**This run measured no way")
+    store = FakeStore()
+    _ways(store, {ev.BASE: (6, 0), ev.NEGATIVE_PASS: (0, 6)})
+    assert model_card._leave_out(ev.gather(store, "run", 4)) == ""
+
+
+def _usage() -> model_card.Usage:
+    return model_card.Usage(
+        prompt="a red circle",
+        seed=1,
+        steps=4,
+        guidance=3.0,
+        scheduler="Euler",
+        width=32,
+        height=32,
+        base_kind="demo",
+        base_path="demo",
+        ckpt_name="demo.safetensors",
+        ckpt_known=False,
+        lora_dir="/tmp",
+        lora_file="w.safetensors",
+        comfy_lora_name="w.safetensors",
+        workflow="w.comfyui.json",
+        api_workflow="w.comfyui-api.json",
+        workflow_form="negative_cond",
+        run_id="run",
+        step=4,
+    )
