@@ -56,15 +56,12 @@ def cmd_gui(args) -> int:
 
     home = resolve_home(pick("home"))
     screenshot = pick("screenshot")
-    if (
-        screenshot is None
-        and sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM"))
-    ):
-        raise NegaloraError(
-            "no display to open the window on (DISPLAY is not set); use the command line "
-            "(negalora generate …) or --screenshot FILE"
-        )
+    if screenshot is None:
+        from negalora.ui.platform_check import window_problem
+
+        problem = window_problem()  # before Qt, which aborts the process where it cannot open a window
+        if problem:
+            raise NegaloraError(problem)
     return run_app(home, model=pick("model"), device=pick("device"), screenshot=screenshot, page=pick("page"))
 
 

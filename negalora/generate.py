@@ -16,78 +16,20 @@ import torch
 from PIL import Image
 
 from negalora import faults
+from negalora.api import MAX_SEED, GenerateRequest, check_lora_file, check_request, check_size
 from negalora.cancel import CancelToken
 from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import HashCache
-from negalora.lora_passes import DEFAULT, NEGATIVE, check_lora_passes, negative_pass, text_encoder_lora_off
-from negalora.models import checkpoint_kind as ck
+from negalora.lora_passes import NEGATIVE, negative_pass, text_encoder_lora_off
 from negalora.models.loader import LoadedModel
 from negalora.pngmeta import png_bytes
-from negalora.prompts import Conditioner, Conditioning, RefinerConditioner, check_prompt
+from negalora.prompts import Conditioner, Conditioning, RefinerConditioner
 from negalora.recipe import Recipe
-from negalora.schedulers import DEFAULT_SCHEDULER, canonical_name, make_scheduler
+from negalora.schedulers import canonical_name, make_scheduler
 from negalora.store import Store
 from negalora.store.db import StoredImage
 
-MAX_SEED = 2**32 - 1
-MAX_SIDE = 4096
 LORA_ADAPTER = "negalora_lora"
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    prompts: tuple[str, ...]
-    negative: str = ""
-    count: int = 1  # images per prompt
-    seed: int | None = None  # first seed; None draws a random one (always recorded)
-    steps: int = 25
-    guidance: float = 7.0
-    width: int | None = None  # None: the model's native size
-    height: int | None = None
-    scheduler: str = DEFAULT_SCHEDULER
-    lora: str | None = None
-    lora_scale: float = 1.0
-    lora_passes: str = DEFAULT  # both | negative: the guidance passes the LoRA acts on
-    use_refiner: bool = True  # when the model has one
-    refiner_switch: float = 0.8
-
-
-def check_size(width: int, height: int) -> None:
-    for side in (width, height):
-        if side % 8 or side < 8 or side > MAX_SIDE:
-            raise NegaloraError(f"size {width}x{height}: each side must be a multiple of 8 between 8 and {MAX_SIDE}")
-
-
-def check_request(request: GenerateRequest) -> None:
-    """Everything about a request that can be checked before a model is loaded."""
-    if not request.prompts or not any(p.strip() for p in request.prompts):
-        raise NegaloraError("no prompt given")
-    if request.count < 1:
-        raise NegaloraError(f"count {request.count}: must be at least 1")
-    if request.steps < 1 or request.steps > 1000:
-        raise NegaloraError(f"steps {request.steps}: must be between 1 and 1000")
-    if not (0 <= request.guidance <= 50):
-        raise NegaloraError(f"guidance {request.guidance}: must be between 0 and 50")
-    if request.width is not None or request.height is not None:
-        check_size(request.width or request.height, request.height or request.width)
-    if not (0 < request.refiner_switch < 1):
-        raise NegaloraError(f"refiner switch {request.refiner_switch}: must be between 0 and 1")
-    if request.seed is not None and not (0 <= request.seed <= MAX_SEED):
-        raise NegaloraError(f"seed {request.seed}: must be between 0 and {MAX_SEED}")
-    for p in (*request.prompts, request.negative):
-        check_prompt(p)
-    canonical_name(request.scheduler)
-    check_lora_passes(request.lora_passes)
-    if request.lora:
-        check_lora_file(Path(request.lora).expanduser())
-
-
-def check_lora_file(path: Path) -> None:
-    if not path.is_file():
-        raise NegaloraError(f"{path}: no such LoRA file")
-    kind = ck.checkpoint_kind(path)
-    if kind != ck.LORA:
-        raise NegaloraError(f"{path}: {ck.DESCRIPTIONS.get(kind, kind).split(' (')[0]}, not a LoRA")
 
 
 @dataclass(frozen=True)

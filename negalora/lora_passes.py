@@ -8,31 +8,16 @@ for the positive half. A LoRA on the text encoders acts on the negative prompt's
 
 ``negative_pass(pipe)`` is the public form, for a diffusers pipeline that loaded the LoRA with
 ``load_lora_weights``; the app renders through the same code. torch is imported only when a
-pass is applied, so the names here cost nothing to import.
+pass is applied; the names are ``negalora.api``'s.
 """
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-BOTH = "both"
-NEGATIVE = "negative"
-LORA_PASSES = (BOTH, NEGATIVE)
-# How the product applies a LoRA unless told otherwise (generation, comparisons, export notes): on
-# the demo world the negative pass alone cut defects where both passes leaked them into the
-# positive pass and lost prompt adherence (docs/efficacy.md).
-DEFAULT = NEGATIVE
-DESCRIPTIONS = {
-    BOTH: "both guidance passes (as A1111, ComfyUI and diffusers apply a LoRA)",
-    NEGATIVE: "the negative (unconditional) pass only",
-}
+from negalora.api import BOTH, DEFAULT, LORA_PASSES, NEGATIVE, check_lora_passes
+from negalora.api import LORA_PASS_DESCRIPTIONS as DESCRIPTIONS
 
-
-def check_lora_passes(value: str) -> str:
-    from negalora.errors import NegaloraError
-
-    if value not in LORA_PASSES:
-        raise NegaloraError(f"LoRA passes {value!r}: must be one of {', '.join(LORA_PASSES)}")
-    return value
+__all__ = ["BOTH", "DEFAULT", "DESCRIPTIONS", "LORA_PASSES", "NEGATIVE", "check_lora_passes", "negative_pass"]
 
 
 def _half(value, n: int, second: bool):

@@ -4,7 +4,7 @@ of them weighted ``++++``, at guidance 8 to 13, 78 images by default.
 The design notes count 13 keywords (13 x 6 guidance values = 78) but list 14; all 14 are used, and
 the 78 images cycle through the keywords so each is weighted 5 or 6 times across the guidances."""
 
-from negalora.generate import GenerateRequest
+from negalora.api import GenerateRequest
 
 KEYWORDS = (
     "low quality",

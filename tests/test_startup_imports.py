@@ -1,5 +1,6 @@
 """Commands that neither render nor train start without torch or diffusers (a script calls `rate`
-and `list` hundreds of times; `--version` and `--help` should answer at once)."""
+and `list` hundreds of times; `--version` and `--help` should answer at once), and the window paints
+before either is imported: only the worker renders."""
 
 import json
 import subprocess
@@ -11,9 +12,33 @@ PROBE = r"""
 import json, sys
 from negalora.cli import build_parser, main
 parser = build_parser()
-for args in json.loads(sys.argv[1]):
+run, parse = json.loads(sys.argv[1])
+for args in run:
     code = main(args)
     assert code == 0, (args, code)
+for args in parse:
+    try:
+        parser.parse_args(args)
+    except SystemExit:
+        pass
+print(json.dumps({"torch": "torch" in sys.modules, "diffusers": "diffusers" in sys.modules}))
+"""
+
+WINDOW = r"""
+import json, os, sys
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+from pathlib import Path
+from negalora.home import Home
+from negalora.ui.app import make_app
+from negalora.ui.main_window import MainWindow
+app = make_app()
+window = MainWindow(Home(Path(sys.argv[1])), start_worker=False)
+window.show()
+app.processEvents()
+assert not window.grab().isNull()
+for page in ("generate", "gallery", "train", "compare"):
+    window.show_page(page)
+    app.processEvents()
 print(json.dumps({"torch": "torch" in sys.modules, "diffusers": "diffusers" in sys.modules}))
 """
 
@@ -30,8 +55,15 @@ def test_non_rendering_commands_never_import_torch(tmp_path):
         ["check", "--home", home],
         ["delete", "1", "--home", home],
     ]
+    # parsed, not run: they fail for want of a run or a backup, but must not pay for torch to say so
+    parsed = [
+        ["mark-best", "RUN", "--step", "4", "--home", home],
+        ["mark-best", "RUN", "--scale", "0.5", "--home", home],
+        ["restore-backup", "--home", home],
+        *([c, "--help"] for c in ("generate", "make-wrong", "train", "compare", "export", "regenerate")),
+    ]
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(commands)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PROBE, json.dumps([commands, parsed])], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"torch": False, "diffusers": False}
@@ -42,3 +74,16 @@ def test_non_rendering_commands_never_import_torch(tmp_path):
         )
         run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
         assert run.stdout.strip().splitlines()[-1] == "False", (flag, run.stderr)
+
+
+def test_the_window_paints_without_torch(tmp_path):
+    from ui_helpers import seed_home
+
+    from negalora.home import Home
+
+    seed_home(Home(tmp_path / "home"))
+    out = subprocess.run(
+        [sys.executable, "-c", WINDOW, str(tmp_path / "home")], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"torch": False, "diffusers": False}

@@ -1,7 +1,7 @@
 """The worker's job loop in-process (no subprocess): events, model switching, bad input."""
 
-from negalora.generate import GenerateRequest
-from negalora.worker.protocol import request_to_dict
+from negalora.api import GenerateJob, GenerateRequest
+from negalora.worker.protocol import job_message
 from negalora.worker.server import WorkerServer
 
 
@@ -13,9 +13,9 @@ class _Collect:
         self.messages.append(message)
 
 
-def _job(job, model, **kw):
+def _job(job, model, reject=False, **kw):
     req = GenerateRequest(prompts=("a red circle",), steps=2, seed=1, **kw)
-    return {"type": "job", "job": job, "kind": "generate", "model": model, "requests": [request_to_dict(req)]}
+    return job_message(job, model, GenerateJob((req,), reject=reject))
 
 
 def test_a_bad_model_does_not_break_the_next_job(home, tmp_path):
@@ -38,11 +38,11 @@ def test_rejecting_job_keeps_the_verdict_of_images_already_in_the_store(home):
 
     out = _Collect()
     server = WorkerServer(str(home.root), "cpu", out)
-    server.run_job({**_job("j1", "demo"), "reject": True})
+    server.run_job(_job("j1", "demo", reject=True))
     image_id = next(m["image_id"] for m in out.messages if m["type"] == "image")
     store = Store(home)
     store.rate([image_id], "pick")  # the artist prunes the set
-    server.run_job({**_job("j2", "demo"), "reject": True})  # the same recipe again
+    server.run_job(_job("j2", "demo", reject=True))  # the same recipe again
     again = next(m for m in out.messages if m["type"] == "image" and m["job"] == "j2")
     assert again["image_id"] == image_id and again["duplicate"]
     assert store.image(image_id)["verdict"] == "pick"

@@ -5,6 +5,7 @@ SDXL, the demo world's captions (at the CFG its efficacy was measured at) for th
 cannot draw a portrait or a cat.
 """
 
+from negalora.api import CompareRequest
 from negalora.errors import NegaloraError
 from negalora.store import Store
 
@@ -50,3 +51,14 @@ def ensure_default_set(store: Store, model_source: str = "") -> dict:
         else:
             store.save_prompt_set(name, list(DEFAULT_PROMPTS), list(DEFAULT_SEEDS))
         return store.prompt_set(name)
+
+
+def after_training_request(store: Store, run_id: str, **settings) -> CompareRequest:
+    """The comparison rendered after every training run: the run's model's default test set (at its
+    CFG, where the set has one), three ways, on the run's newest checkpoint."""
+    model = store.run_model(run_id)
+    prompt_set = ensure_default_set(store, model["source"] if model else "")
+    checkpoints = store.checkpoints(run_id)
+    if not checkpoints:
+        raise NegaloraError(f"run {run_id}: has no checkpoints yet")
+    return CompareRequest(prompt_set=prompt_set["name"], lora=run_id, step=checkpoints[-1]["step"], **settings)

@@ -2,59 +2,39 @@
 cell as a normal image, then write the labelled grid and record it all in the store."""
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from negalora.api import CHECKPOINT_SWEEP, DEFAULT_SCALES, KINDS, SCALE_SWEEP, THREE_WAY, CompareRequest
 from negalora.atomic import atomic_write_bytes
 from negalora.cancel import CancelToken
 from negalora.compare import columns as cols
 from negalora.compare.grid import grid_png_bytes, render_grid
+from negalora.compare.prompt_sets import after_training_request
 from negalora.errors import Cancelled, NegaloraError
 from negalora.generate import GenerateRequest, Generator
-from negalora.lora_passes import DEFAULT, check_lora_passes
+from negalora.lora_passes import check_lora_passes
 from negalora.pngmeta import png_bytes
 from negalora.recipe import Recipe
-from negalora.schedulers import DEFAULT_SCHEDULER
 from negalora.store import Store
 from negalora.store.db import StoredImage
 
-THREE_WAY, SCALE_SWEEP, CHECKPOINT_SWEEP = "three_way", "scale_sweep", "checkpoint_sweep"
-KINDS = (THREE_WAY, SCALE_SWEEP, CHECKPOINT_SWEEP)
-DEFAULT_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 MAX_CELLS = 2000
-
-
-@dataclass(frozen=True)
-class CompareRequest:
-    prompts: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = (1, 2)
-    kind: str = THREE_WAY
-    lora: str = ""  # a LoRA file, or a training run's id
-    step: int | None = None  # with a run: the checkpoint (default: the one marked best, else the last)
-    checkpoint_steps: tuple[int, ...] = ()  # checkpoint sweep: the steps shown (empty: every kept one)
-    scale: float = 1.0
-    scales: tuple[float, ...] = DEFAULT_SCALES
-    token: str = "wrong"
-    base_negative: str = ""  # the artist's own negative prompt, kept in every column
-    lora_passes: str = DEFAULT
-    extra_column: bool = True  # three-way: a fourth column with the LoRA on the other passes
-    steps: int = 25
-    guidance: float = 7.0
-    width: int | None = None
-    height: int | None = None
-    scheduler: str = DEFAULT_SCHEDULER
-    prompt_set: str | None = None  # a stored test-prompt set fills in prompts and seeds
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CompareRequest":
-        data = dict(data)
-        for name in ("prompts", "seeds", "checkpoint_steps", "scales"):
-            if name in data and data[name] is not None:
-                data[name] = tuple(data[name])
-        return cls(**data)
+# the request and its kinds live in negalora.api (torch-free); importable from here as before
+__all__ = [
+    "CHECKPOINT_SWEEP",
+    "DEFAULT_SCALES",
+    "KINDS",
+    "MAX_CELLS",
+    "SCALE_SWEEP",
+    "THREE_WAY",
+    "CompareRequest",
+    "after_training_request",
+    "fill_from_prompt_set",
+    "make_columns",
+    "resolve_lora",
+    "run_comparison",
+]
 
 
 @dataclass(frozen=True)
@@ -114,19 +94,6 @@ def _check_base_model(store: Store, source: LoraSource, generator: Generator) ->
             f"run {source.run_id} was trained on model {row['name']} ({row['hash'][:10]}); "
             f"the loaded model is {generator.model.name} ({generator.model.sha256[:10]})"
         )
-
-
-def after_training_request(store: Store, run_id: str, **settings) -> CompareRequest:
-    """The comparison rendered after every training run: the run's model's default test set (at its
-    CFG, where the set has one), three ways, on the run's newest checkpoint."""
-    from negalora.compare.prompt_sets import ensure_default_set
-
-    model = store.run_model(run_id)
-    prompt_set = ensure_default_set(store, model["source"] if model else "")
-    checkpoints = store.checkpoints(run_id)
-    if not checkpoints:
-        raise NegaloraError(f"run {run_id}: has no checkpoints yet")
-    return CompareRequest(prompt_set=prompt_set["name"], lora=run_id, step=checkpoints[-1]["step"], **settings)
 
 
 def make_columns(request: CompareRequest, source: LoraSource) -> list[cols.Column]:

@@ -13,14 +13,16 @@ is put in place. One module per job:
 - ``exporter``: the order of it all, and the record in the store
 """
 
-from negalora.export.exporter import (
-    FORMATS,
-    ExportPlan,
-    ExportRequest,
-    ExportResult,
-    export_lora,
-    plan_export,
-    run_export,
-)
+from negalora.api import FORMATS, ExportRequest
 
 __all__ = ["FORMATS", "ExportPlan", "ExportRequest", "ExportResult", "export_lora", "plan_export", "run_export"]
+_EXPORTER = {"ExportPlan", "ExportResult", "export_lora", "plan_export", "run_export"}
+
+
+def __getattr__(name: str):
+    # the exporter imports torch: only when an export is planned or run, not when a page imports the request
+    if name in _EXPORTER:
+        from negalora.export import exporter
+
+        return getattr(exporter, name)
+    raise AttributeError(f"module 'negalora.export' has no attribute {name!r}")

@@ -10,12 +10,13 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from negalora.api import FORMATS, ExportRequest
 from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError
 from negalora.export import comfyui, kohya_keys, writer
@@ -24,7 +25,6 @@ from negalora.export.metadata import build_metadata, resolution, thumbnail_data_
 from negalora.export.model_card import Usage, model_card
 from negalora.export.source import ExportSource, find_source, read_checkpoint
 
-FORMATS = ("kohya", "diffusers")
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers looks for in a folder
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+ -]{0,99}")
 
@@ -35,24 +35,6 @@ HASH_NOTES = {
     "sshs_legacy_hash": "kohya's legacy short hash, of bytes 0x100000-0x10FFFF of a copy with only ss_* keys",
     "checkpoint_sha256": "sha256 of the whole training checkpoint the export was made from",
 }
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    run_id: str
-    fmt: str = "kohya"
-    step: int | None = None  # None: the run's best step, else its last checkpoint
-    name: str | None = None  # None: the --out file's stem, else <token>-<run>-step<N>
-    out: str | None = None  # a .safetensors path or a folder; None: <home>/exports/
-    verify: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ExportRequest":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass

@@ -29,8 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from negalora.api import CHECKPOINT_SWEEP, DEFAULT_SCALES, SCALE_SWEEP, THREE_WAY, CompareRequest
 from negalora.compare.prompt_sets import DEFAULT_SET, ensure_default_set
-from negalora.compare.runner import CHECKPOINT_SWEEP, DEFAULT_SCALES, SCALE_SWEEP, THREE_WAY
 from negalora.compare.votes import win_rates
 from negalora.errors import NegaloraError
 from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
@@ -336,8 +336,6 @@ class ComparePage(QWidget):
 
     def request(self) -> dict:
         """The comparison asked for on the page, as a CompareRequest dict; raises NegaloraError."""
-        from negalora.compare.runner import CompareRequest
-
         run_id = self.source.currentData()
         if run_id in (None, FILE_SOURCE):
             lora, step = self.lora_file.text().strip(), None
@@ -376,7 +374,7 @@ class ComparePage(QWidget):
 
     def request_after_training(self, run_id: str) -> dict | None:
         """The model's default test set, three ways, on the run's newest checkpoint (None when switched off)."""
-        from negalora.compare.runner import after_training_request
+        from negalora.compare.prompt_sets import after_training_request
 
         if not self.after_training.isChecked():
             return None

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from negalora.export import ExportRequest
+from negalora.api import ExportRequest
 from negalora.store import Store
 
 FORMAT_LABELS = {"kohya": "kohya — A1111, Forge, ComfyUI", "diffusers": "diffusers — load_lora_weights()"}

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from negalora.generate import MAX_SEED, GenerateRequest
+from negalora.api import MAX_SEED, GenerateRequest
 from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
 from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from negalora.ui.prompt_highlighter import PromptHighlighter
@@ -314,8 +314,8 @@ class GeneratePage(QWidget):
             self.set_lora(path)
 
     def _generate(self) -> None:
+        from negalora.api import check_request
         from negalora.errors import NegaloraError
-        from negalora.generate import check_request
 
         self.error.clear()
         try:

@@ -7,8 +7,9 @@ import time
 
 from PySide6.QtCore import QObject, Signal
 
+from negalora import api
+from negalora.train.config import TrainConfig
 from negalora.worker.client import WorkerClient
-from negalora.worker.protocol import request_to_dict
 
 STATES = ("stopped", "starting", "idle", "busy", "restarting", "failed")
 MAX_RESTARTS = 3
@@ -44,35 +45,26 @@ class JobController(QObject):
 
     def submit_generate(self, model: str, requests, reject: bool = False, reasons=()) -> str:
         self.start()
-        job = self.client.submit(
-            {
-                "kind": "generate",
-                "model": model,
-                "requests": [request_to_dict(r) for r in requests],
-                "reject": reject,
-                "reasons": list(reasons),
-            }
-        )
-        return job
+        return self.client.submit(model, api.GenerateJob(tuple(requests), reject, tuple(reasons)))
 
     def submit_train(self, model: str, config: dict | None = None, resume: str | None = None) -> str:
         self.start()
-        return self.client.submit({"kind": "train", "model": model, "config": config or {}, "resume": resume})
+        return self.client.submit(model, api.TrainRequest(api.from_wire(TrainConfig, config or {}), resume))
 
     def submit_compare(self, model: str, compare: dict) -> str:
-        """``compare`` is a negalora.compare.runner.CompareRequest as a dict."""
+        """``compare`` is an api.CompareRequest as a dict (as the pages build it)."""
         self.start()
-        return self.client.submit({"kind": "compare", "model": model, "compare": compare})
+        return self.client.submit(model, api.from_wire(api.CompareRequest, compare))
 
     def submit_export(self, model: str, export: dict) -> str:
-        """``export`` is a negalora.export.ExportRequest as a dict; ``model`` the run's base model."""
+        """``export`` is an api.ExportRequest as a dict; ``model`` the run's base model."""
         self.start()
-        return self.client.submit({"kind": "export", "model": model, "export": export})
+        return self.client.submit(model, api.from_wire(api.ExportRequest, export))
 
     def load_model(self, model: str) -> str:
         """Load a model ahead of the first job, so the status bar can show it."""
         self.start()
-        return self.client.submit({"kind": "generate", "model": model, "requests": []})
+        return self.client.submit(model, api.GenerateJob())
 
     def cancel(self, job: str) -> None:
         self.client.cancel(job)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from negalora.worker.protocol import decode, encode
+from negalora.worker.protocol import decode, encode, job_message
 
 
 class WorkerClient:
@@ -90,9 +90,10 @@ class WorkerClient:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def submit(self, job: dict) -> str:
+    def submit(self, model: str, request) -> str:
+        """Send a request of ``negalora.api`` to run on ``model``; returns the job's id."""
         job_id = f"j{next(self._ids)}"
-        msg = {**job, "type": "job", "job": job_id}
+        msg = job_message(job_id, model, request)
         with self._lock:
             self._pending[job_id] = msg
         self._send(msg)

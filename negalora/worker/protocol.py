@@ -1,7 +1,8 @@
-"""JSON-lines messages between the app and the worker.
+"""JSON-lines messages between the app and the worker. The requests and their wire format are
+``negalora.api``'s (torch-free); this module frames them.
 
-To the worker:   {"type": "job", "job": ID, "kind": "generate", ...}, {"type": "cancel", "job": ID},
-                 {"type": "shutdown"}
+To the worker:   {"type": "job", "job": ID, "model": SPEC, "kind": generate | compare | train | export,
+                 "request": <the request, api.to_wire>}, {"type": "cancel", "job": ID}, {"type": "shutdown"}
 From the worker: ready, model, accepted, started, progress, image, finished (status done | cancelled),
                  failed (error, kind: bad_input | out_of_memory | crash | training); training relays the
                  trainer's events (preflight, caching, train_step, checkpoint, validation, ...); compare
@@ -10,10 +11,11 @@ From the worker: ready, model, accepted, started, progress, image, finished (sta
 
 import json
 import threading
-from dataclasses import asdict
 from typing import IO
 
-from negalora.generate import GenerateRequest
+from negalora.api import job_message, request_of
+
+__all__ = ["Writer", "decode", "encode", "job_message", "request_of"]
 
 
 def encode(message: dict) -> bytes:
@@ -22,16 +24,6 @@ def encode(message: dict) -> bytes:
 
 def decode(line: bytes | str) -> dict:
     return json.loads(line)
-
-
-def request_to_dict(request: GenerateRequest) -> dict:
-    data = asdict(request)
-    data["prompts"] = list(request.prompts)
-    return data
-
-
-def request_from_dict(data: dict) -> GenerateRequest:
-    return GenerateRequest(**{**data, "prompts": tuple(data["prompts"])})
 
 
 class Writer:

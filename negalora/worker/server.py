@@ -7,9 +7,10 @@ import sys
 import threading
 import traceback
 
+from negalora import api
 from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError
-from negalora.worker.protocol import Writer, decode, request_from_dict
+from negalora.worker.protocol import Writer, decode, request_of
 
 
 class WorkerServer:
@@ -91,19 +92,20 @@ class WorkerServer:
         # Taken off the queue: from here a crash of this process is this job's failure.
         self.out.send({"type": "accepted", "job": job})
         try:
+            wanted = request_of(msg)  # a malformed request fails as bad input, before any model loads
             generator = self._generator_for(msg.get("model") or "demo")
             store = self._store_handle()
-            if msg.get("kind") == "train":
+            if isinstance(wanted, api.TrainRequest):
                 generator.release_lora()  # train on the base model, not on the last LoRA used to generate
-                self._train(msg, generator.model, store, token)
+                self._train(job, wanted, generator.model, store, token)
                 return
-            if msg.get("kind") == "export":
-                self._export(msg, generator, store, token)
+            if isinstance(wanted, api.ExportRequest):
+                self._export(job, wanted, generator, store, token)
                 return
-            if msg.get("kind") == "compare":
-                self._compare(msg, generator, store, token)
+            if isinstance(wanted, api.CompareRequest):
+                self._compare(job, wanted, generator, store, token)
                 return
-            requests = [request_from_dict(r) for r in msg["requests"]]
+            requests = list(wanted.requests)
             plans = [generator.plan(r) for r in requests]  # all checks before the first image
             total = sum(len(p) for p in plans)
             self.out.send({"type": "started", "job": job, "total": total})
@@ -125,8 +127,8 @@ class WorkerServer:
 
                 def image(stored, recipe):
                     ids.append(stored.id)
-                    if msg.get("reject") and not stored.duplicate:  # keep the artist's verdict on old images
-                        store.rate([stored.id], "reject", msg.get("reasons", []))
+                    if wanted.reject and not stored.duplicate:  # keep the artist's verdict on old images
+                        store.rate([stored.id], "reject", list(wanted.reasons))
                     self.out.send(
                         {
                             "type": "image",
@@ -159,22 +161,19 @@ class WorkerServer:
             with self.lock:
                 self.current = None
 
-    def _train(self, msg: dict, model, store, token: CancelToken) -> None:
+    def _train(self, job: str, request: api.TrainRequest, model, store, token: CancelToken) -> None:
         """A training run (new, or resumed with ``resume``); every trainer event goes to the app."""
-        from negalora.train.config import TrainConfig
         from negalora.train.trainer import Trainer
-
-        job = msg["job"]
 
         def relay(event: dict) -> None:
             self.out.send({**event, "job": job})
 
         trainer = Trainer(self.home, store, model, on_event=relay, cancel=token)
         self.out.send({"type": "started", "job": job, "total": 0})
-        if msg.get("resume"):
-            result = trainer.resume(msg["resume"])
+        if request.resume:
+            result = trainer.resume(request.resume)
         else:
-            result = trainer.start(TrainConfig.from_dict(msg.get("config") or {}))
+            result = trainer.start(request.config)
         status = {"done": "done", "cancelled": "cancelled"}.get(result.status)
         if status:
             self.out.send({"type": "finished", "job": job, "status": status, "image_ids": [], "run": result.run_id})
@@ -183,12 +182,10 @@ class WorkerServer:
                 {"type": "failed", "job": job, "kind": "training", "error": result.message, "run": result.run_id}
             )
 
-    def _compare(self, msg: dict, generator, store, token: CancelToken) -> None:
+    def _compare(self, job: str, request: api.CompareRequest, generator, store, token: CancelToken) -> None:
         """A comparison grid: the planned layout first, then every cell as it is stored."""
-        from negalora.compare.runner import CompareRequest, run_comparison
+        from negalora.compare.runner import run_comparison
 
-        job = msg["job"]
-        request = CompareRequest.from_dict(msg["compare"])
         ids: list[int] = []
         planned_id: list[int] = []
 
@@ -250,18 +247,17 @@ class WorkerServer:
             }
         )
 
-    def _export(self, msg: dict, generator, store, token: CancelToken) -> None:
+    def _export(self, job: str, request: api.ExportRequest, generator, store, token: CancelToken) -> None:
         """Export a run's LoRA, verified on this worker's model (the run's base model); the result
         rides on the finished event."""
         from negalora.errors import Cancelled
-        from negalora.export import ExportRequest, export_lora
+        from negalora.export import export_lora
 
-        job = msg["job"]
         self.out.send({"type": "started", "job": job, "total": 0})
         try:
             result = export_lora(
                 store,
-                ExportRequest.from_dict(msg["export"]),
+                request,
                 generator,
                 on_event=lambda e: self.out.send({**e, "job": job}),
                 cancel=token,

@@ -1,0 +1,315 @@
+"""The requests that cross the worker pipe, and their one wire format (as krita-ai-diffusion's
+``backend/api.py``): every request is a frozen dataclass of plain values, ``to_wire`` and
+``from_wire`` turn any of them into JSON-ready dicts and back, and a job message names its kind.
+
+Torch-free by contract (tests/test_startup_imports.py): the window, the CLI's parser and the worker
+protocol import this module; only the worker renders. The names of the samplers and of the LoRA
+passes are here too, for the same reason.
+"""
+
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from negalora.errors import NegaloraError
+from negalora.models import checkpoint_kind as ck
+from negalora.prompt_syntax import check_prompt
+from negalora.train.config import TrainConfig
+
+__all__ = [
+    "BOTH",
+    "LORA_PASS_DESCRIPTIONS",
+    "CHECKPOINT_SWEEP",
+    "DEFAULT",
+    "DEFAULT_SCALES",
+    "DEFAULT_SCHEDULER",
+    "FORMATS",
+    "KINDS",
+    "MAX_SEED",
+    "MAX_SIDE",
+    "NEGATIVE",
+    "LORA_PASSES",
+    "SCALE_SWEEP",
+    "SCHEDULERS",
+    "THREE_WAY",
+    "CompareRequest",
+    "ExportRequest",
+    "GenerateJob",
+    "GenerateRequest",
+    "TrainRequest",
+    "canonical_name",
+    "check_lora_passes",
+    "check_request",
+    "check_size",
+    "from_wire",
+    "job_message",
+    "request_of",
+    "to_wire",
+]
+
+MAX_SEED = 2**32 - 1
+MAX_SIDE = 4096
+MAX_BATCH = 64
+
+# -- names: the samplers and the LoRA passes ----------------------------------------------------
+
+# A1111's sampler names -> (diffusers class name, config overrides); negalora.schedulers builds them
+SCHEDULERS = {
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "DPM++ 2M SDE Karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "DDIM": ("DDIMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+}
+DEFAULT_SCHEDULER = "Euler"
+
+
+def canonical_name(name: str) -> str:
+    """Accept names case-insensitively and with '_' or '-' for spaces (``euler_a``, ``dpm++-2m-karras``)."""
+    wanted = name.strip().lower().replace("_", " ").replace("-", " ")
+    for known in SCHEDULERS:
+        if known.lower() == wanted:
+            return known
+    raise NegaloraError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+
+
+# The guidance passes a LoRA acts on (negalora.lora_passes applies them)
+BOTH = "both"
+NEGATIVE = "negative"
+LORA_PASSES = (BOTH, NEGATIVE)
+# How the product applies a LoRA unless told otherwise (generation, comparisons, export notes): on
+# the demo world the negative pass alone cut defects where both passes leaked them into the
+# positive pass and lost prompt adherence (docs/efficacy.md).
+DEFAULT = NEGATIVE
+LORA_PASS_DESCRIPTIONS = {
+    BOTH: "both guidance passes (as A1111, ComfyUI and diffusers apply a LoRA)",
+    NEGATIVE: "the negative (unconditional) pass only",
+}
+
+
+def check_lora_passes(value: str) -> str:
+    if value not in LORA_PASSES:
+        raise NegaloraError(f"LoRA passes {value!r}: must be one of {', '.join(LORA_PASSES)}")
+    return value
+
+
+# -- generation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompts: tuple[str, ...]
+    negative: str = ""
+    count: int = 1  # images per prompt
+    seed: int | None = None  # first seed; None draws a random one (always recorded)
+    steps: int = 25
+    guidance: float = 7.0
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    lora: str | None = None
+    lora_scale: float = 1.0
+    lora_passes: str = DEFAULT  # both | negative: the guidance passes the LoRA acts on
+    use_refiner: bool = True  # when the model has one
+    refiner_switch: float = 0.8
+    batch_size: int | None = None  # images per pipeline call; None: auto (negalora.device.auto_batch_size)
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """Generation requests run as one job. ``reject`` (Make wrong images) rates each new image
+    ``reject`` with ``reasons`` as it is stored."""
+
+    requests: tuple[GenerateRequest, ...] = ()
+    reject: bool = False
+    reasons: tuple[str, ...] = ()
+
+
+def check_size(width: int, height: int) -> None:
+    for side in (width, height):
+        if side % 8 or side < 8 or side > MAX_SIDE:
+            raise NegaloraError(f"size {width}x{height}: each side must be a multiple of 8 between 8 and {MAX_SIDE}")
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and not (1 <= batch_size <= MAX_BATCH):
+        raise NegaloraError(f"batch size {batch_size}: must be between 1 and {MAX_BATCH}, or auto")
+
+
+def check_request(request: GenerateRequest) -> None:
+    """Everything about a request that can be checked before a model is loaded."""
+    if not request.prompts or not any(p.strip() for p in request.prompts):
+        raise NegaloraError("no prompt given")
+    if request.count < 1:
+        raise NegaloraError(f"count {request.count}: must be at least 1")
+    if request.steps < 1 or request.steps > 1000:
+        raise NegaloraError(f"steps {request.steps}: must be between 1 and 1000")
+    if not (0 <= request.guidance <= 50):
+        raise NegaloraError(f"guidance {request.guidance}: must be between 0 and 50")
+    if request.width is not None or request.height is not None:
+        check_size(request.width or request.height, request.height or request.width)
+    if not (0 < request.refiner_switch < 1):
+        raise NegaloraError(f"refiner switch {request.refiner_switch}: must be between 0 and 1")
+    if request.seed is not None and not (0 <= request.seed <= MAX_SEED):
+        raise NegaloraError(f"seed {request.seed}: must be between 0 and {MAX_SEED}")
+    check_batch_size(request.batch_size)
+    for p in (*request.prompts, request.negative):
+        check_prompt(p)
+    canonical_name(request.scheduler)
+    check_lora_passes(request.lora_passes)
+    if request.lora:
+        check_lora_file(Path(request.lora).expanduser())
+
+
+def check_lora_file(path: Path) -> None:
+    if not path.is_file():
+        raise NegaloraError(f"{path}: no such LoRA file")
+    kind = ck.checkpoint_kind(path)
+    if kind != ck.LORA:
+        raise NegaloraError(f"{path}: {ck.DESCRIPTIONS.get(kind, kind).split(' (')[0]}, not a LoRA")
+
+
+# -- comparisons ------------------------------------------------------------------------------
+
+THREE_WAY, SCALE_SWEEP, CHECKPOINT_SWEEP = "three_way", "scale_sweep", "checkpoint_sweep"
+KINDS = (THREE_WAY, SCALE_SWEEP, CHECKPOINT_SWEEP)
+DEFAULT_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    prompts: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (1, 2)
+    kind: str = THREE_WAY
+    lora: str = ""  # a LoRA file, or a training run's id
+    step: int | None = None  # with a run: the checkpoint (default: the one marked best, else the last)
+    checkpoint_steps: tuple[int, ...] = ()  # checkpoint sweep: the steps shown (empty: every kept one)
+    scale: float = 1.0
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    token: str = "wrong"
+    base_negative: str = ""  # the artist's own negative prompt, kept in every column
+    lora_passes: str = DEFAULT
+    extra_column: bool = True  # three-way: a fourth column with the LoRA on the other passes
+    steps: int = 25
+    guidance: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    scheduler: str = DEFAULT_SCHEDULER
+    prompt_set: str | None = None  # a stored test-prompt set fills in prompts and seeds
+    batch_size: int | None = None  # cells per pipeline call within a column; None: auto
+
+    def to_dict(self) -> dict:
+        return to_wire(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CompareRequest":
+        return from_wire(cls, data)
+
+
+# -- training and export ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A new run with ``config``, or ``resume`` of a run by its id."""
+
+    config: TrainConfig = field(default_factory=TrainConfig)
+    resume: str | None = None
+
+
+FORMATS = ("kohya", "diffusers")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    run_id: str
+    fmt: str = "kohya"
+    step: int | None = None  # None: the run's best step, else its last checkpoint
+    name: str | None = None  # None: the --out file's stem, else <token>-<run>-step<N>
+    out: str | None = None  # a .safetensors path or a folder; None: <home>/exports/
+    verify: bool = True
+
+    def to_dict(self) -> dict:
+        return to_wire(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExportRequest":
+        return from_wire(cls, data)
+
+
+# -- the wire format --------------------------------------------------------------------------
+
+JOB_KINDS: dict[str, type] = {
+    "generate": GenerateJob,
+    "compare": CompareRequest,
+    "train": TrainRequest,
+    "export": ExportRequest,
+}
+
+
+def to_wire(request) -> dict:
+    """A request as plain JSON values (tuples become lists, nested requests dicts)."""
+    out = {}
+    for f in fields(request):
+        value = getattr(request, f.name)
+        if is_dataclass(value):
+            value = to_wire(value)
+        elif isinstance(value, tuple):
+            value = [to_wire(v) if is_dataclass(v) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+def from_wire(cls: type, data: dict):
+    """The request of type ``cls`` that ``to_wire`` made ``data`` of; names an unknown or missing field."""
+    if cls is TrainConfig:
+        return TrainConfig.from_dict(data)
+    if not isinstance(data, dict):
+        raise NegaloraError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise NegaloraError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return cls(**{name: _value(hints[name], value) for name, value in data.items()})
+    except TypeError as exc:
+        raise NegaloraError(f"{cls.__name__}: {exc}") from None
+
+
+def _value(hint, value):
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(inner[0], value) if len(inner) == 1 else value
+    if origin is tuple:
+        (item, *_rest) = typing.get_args(hint)
+        return tuple(_value(item, v) for v in value)
+    if is_dataclass(hint):
+        return from_wire(hint, value)
+    return value
+
+
+def job_message(job_id: str, model: str, request) -> dict:
+    """The message that asks the worker to run ``request`` on ``model``."""
+    kind = next((k for k, cls in JOB_KINDS.items() if isinstance(request, cls)), None)
+    if kind is None:
+        raise TypeError(f"{type(request).__name__} is not a worker request")
+    return {"type": "job", "job": job_id, "model": model, "kind": kind, "request": to_wire(request)}
+
+
+def request_of(message: dict):
+    """The request a job message carries."""
+    kind = message.get("kind")
+    if kind not in JOB_KINDS:
+        raise NegaloraError(f"job kind {kind!r}: must be one of {', '.join(JOB_KINDS)}")
+    return from_wire(JOB_KINDS[kind], message.get("request") or {})
