@@ -65,6 +65,27 @@ def cmd_gui(args) -> int:
     return run_app(home, model=pick("model"), device=pick("device"), screenshot=screenshot, page=pick("page"))
 
 
+def _batch_size(text: str) -> int | None:
+    """``auto`` (None) or a whole number, for --batch-size."""
+    from negalora.api import MAX_BATCH
+
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number or auto") from None
+    if not 1 <= n <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{n}: must be between 1 and {MAX_BATCH}, or auto")
+    return n
+
+
+BATCH_HELP = (
+    "images per pipeline call, as A1111's batch size: a number, or auto (the default: as many as the device, "
+    "the image size and free memory suit; 1 where a batch would not fit). Every image keeps its own seed"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -88,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, metavar="S", help="first seed; image k gets seed S+k (default: random, always stored)"
     )
     g.add_argument("--count", type=int, default=1, metavar="K", help="images per prompt (default 1)")
+    g.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto", help=BATCH_HELP)
     g.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
     g.add_argument("--guidance", type=float, default=7.0, metavar="G", help="CFG scale (default 7)")
     g.add_argument("--size", metavar="WxH", help="image size, multiples of 8 (default: the model's native size)")
@@ -126,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("make-wrong", help="generate Woolf's 'wrong' set (defect keywords, CFG 8-13) as rejects")
     w.add_argument("--count", type=int, default=78, metavar="K", help="images (default 78)")
+    w.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto", help=BATCH_HELP)
     w.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (default 0)")
     w.add_argument("--steps", type=int, default=25, metavar="N")
     w.add_argument("--size", metavar="WxH")
@@ -229,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--guidance", type=float, default=7.0, metavar="G", help="CFG scale (default 7)")
     c.add_argument("--size", metavar="WxH", help="image size (default: the model's native size)")
     c.add_argument("--scheduler", default=DEFAULT_SCHEDULER, metavar="NAME", help="sampler")
+    c.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=None,
+        metavar="N|auto",
+        help="cells per pipeline call within a column (default auto); " + BATCH_HELP.split(": ", 1)[1],
+    )
     c.add_argument("--out", type=Path, metavar="FILE", help="also write the grid PNG here")
     c.add_argument("--model", metavar="M")
     c.add_argument("--device", metavar="D")
@@ -355,6 +385,7 @@ def cmd_generate(args) -> int:
         lora_scale=args.lora_scale,
         lora_passes=args.lora_passes,
         refiner_switch=args.refiner_switch,
+        batch_size=args.batch_size,
     )
     check_request(request)  # before anything is loaded or written
 
@@ -402,6 +433,7 @@ def cmd_generate(args) -> int:
             "size": f"{r.width}x{r.height}",
             "scheduler": r.scheduler,
             "model": r.model,
+            "batch_size": r.batch_size,
         }
         for s, r in results
     ]
@@ -421,7 +453,13 @@ def cmd_make_wrong(args) -> int:
         raise NegaloraError(f"count {args.count}: must be at least 1")
     width, height = _parse_size(args.size)
     requests = wrong_set_requests(
-        args.count, seed=args.seed, steps=args.steps, width=width, height=height, scheduler=args.scheduler
+        args.count,
+        seed=args.seed,
+        steps=args.steps,
+        width=width,
+        height=height,
+        scheduler=args.scheduler,
+        batch_size=args.batch_size,
     )
     for r in requests:
         check_request(r)
@@ -432,20 +470,23 @@ def cmd_make_wrong(args) -> int:
 
     store = Store(home)
     made = []
-    try:
-        for r in requests:
-            for stored, recipe in generate_to_store(generator, store, r):
-                if not stored.duplicate:  # an image already in the store keeps the artist's verdict
-                    store.rate([stored.id], "reject")
-                made.append(
-                    {
-                        "id": stored.id,
-                        "path": str(stored.path),
-                        "seed": recipe.seed,
-                        "guidance": recipe.guidance,
-                        "prompt": recipe.prompt,
-                    }
-                )
+
+    def on_image(stored, recipe) -> None:
+        if not stored.duplicate:  # an image already in the store keeps the artist's verdict
+            store.rate([stored.id], "reject")
+        made.append(
+            {
+                "id": stored.id,
+                "path": str(stored.path),
+                "seed": recipe.seed,
+                "guidance": recipe.guidance,
+                "prompt": recipe.prompt,
+                "batch_size": recipe.batch_size,
+            }
+        )
+
+    try:  # one job: images of the same CFG render in batches
+        generate_to_store(generator, store, requests, on_image=on_image)
     finally:
         store.close()
     _emit(
@@ -633,6 +674,7 @@ def cmd_compare(args) -> int:
         height=height,
         scheduler=args.scheduler,
         prompt_set=args.prompt_set,
+        batch_size=args.batch_size,
     )
     home, model, generator = _load_for_generation(args, Generator)
     store = Store(home)
@@ -813,15 +855,48 @@ def cmd_regenerate(args) -> int:
     finally:
         store.close()
     identical = stored.sha256 == original["sha256"]
+    diff = 0 if identical else _max_pixel_diff(Path(original["path"]), stored.path)
+    # one image per call is held to identical pixels; an image of a batch is rendered again in a batch
+    # of the same size, which on the CPU gives the same pixels, and is held to 2/255 (GPU kernels may
+    # pick other algorithms from one call to the next)
+    tolerance = 0 if recipe.batch_size == 1 else BATCH_TOLERANCE
+    matches = diff is not None and diff <= tolerance
+    held = "identical pixels" if tolerance == 0 else f"{tolerance}/255 (made in a batch of {recipe.batch_size})"
+    if identical:
+        said = "identical pixels"
+    elif diff is None:
+        said = f"#{args.image_id}'s file cannot be read to compare"
+    else:
+        said = f"at most {diff}/255 from #{args.image_id}" + ("" if matches else ", outside what it is held to")
     _emit(
         args,
-        {"id": stored.id, "path": str(stored.path), "identical": identical, "original_id": args.image_id},
-        [
-            f"#{stored.id}  {stored.path}  "
-            + ("(identical pixels)" if identical else f"(not #{args.image_id}'s pixels)")
-        ],
+        {
+            "id": stored.id,
+            "path": str(stored.path),
+            "identical": identical,
+            "original_id": args.image_id,
+            "max_pixel_diff": diff,
+            "held_to": held,
+            "matches": matches,
+        },
+        [f"#{stored.id}  {stored.path}  ({said}; held to {held})"],
     )
     return 0
+
+
+BATCH_TOLERANCE = 2  # /255
+
+
+def _max_pixel_diff(a: Path, b: Path) -> int | None:
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(a) as ia, Image.open(b) as ib:
+            x, y = np.asarray(ia.convert("RGB"), dtype=np.int16), np.asarray(ib.convert("RGB"), dtype=np.int16)
+    except OSError:
+        return None
+    return int(np.abs(x - y).max()) if x.shape == y.shape else 255
 
 
 def cmd_export(args) -> int:

@@ -6,9 +6,9 @@ a cancelled image is thrown away (the pipeline is stopped before it decodes anyt
 """
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +34,11 @@ LORA_ADAPTER = "negalora_lora"
 
 @dataclass(frozen=True)
 class Progress:
-    image_index: int  # 0-based index in the batch
+    image_index: int  # 0-based index of the (first) image being rendered
     image_total: int
-    step: int  # steps finished for this image
+    step: int  # steps finished for this image (for every image of its batch)
     steps: int
+    batch: int = 1  # images rendered together in this pipeline call, from image_index on
 
 
 @dataclass
@@ -201,7 +202,6 @@ class Generator:
         self._lora_applied = ("", 1.0)
         self._conditioner.clear()
 
-    @torch.no_grad()
     def render(
         self,
         recipe: Recipe,
@@ -209,13 +209,34 @@ class Generator:
         cancel: CancelToken | None = None,
     ) -> Image.Image:
         """Make the image of one recipe; raises Cancelled (and makes nothing) when cancelled."""
+        return self.render_batch([recipe], on_step, cancel)[0]
+
+    @torch.no_grad()
+    def render_batch(
+        self,
+        recipes: list[Recipe],
+        on_step: Callable[[int], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[Image.Image]:
+        """Several recipes that differ only in prompt, negative and seed, in one pipeline call (A1111's
+        "batch size"). Each image keeps its own seed's noise; numerics of a batch may differ in the
+        last bit from a one-image render (``regenerate`` renders a batch of the same size again).
+        A cancel is checked after every step and stops before anything is decoded."""
+        if not recipes:
+            return []
+        first = recipes[0]
+        for r in recipes[1:]:
+            differ = [k for k in BATCH_SHARED if getattr(r, k) != getattr(first, k)]
+            if differ:
+                raise NegaloraError(f"one batch must share its settings; these differ: {', '.join(differ)}")
         if cancel is not None:
             cancel.raise_if_cancelled()
         pipe = self.model.pipe
-        pipe.scheduler = self._scheduler(recipe.scheduler)
-        self._apply_lora(recipe)
-        negative_only = _negative_only(recipe)
-        cond = self._conditioning(recipe)
+        pipe.scheduler = self._scheduler(first.scheduler)
+        self._apply_lora(first)
+        conds = [self._conditioning(r) for r in recipes]
+        if len({c.embeds.shape for c in conds}) > 1:
+            raise NegaloraError("prompts of different token lengths cannot share a batch")
         done = 0
 
         def step_end(_pipe, _i, _t, kwargs):
@@ -228,81 +249,107 @@ class Generator:
                 cancel.raise_if_cancelled()  # stops before the VAE decodes a half-denoised image
             return kwargs
 
-        use_refiner = bool(recipe.refiner) and self.model.refiner is not None
-        generator = torch.Generator("cpu").manual_seed(recipe.seed)
-        with self._unet_passes(negative_only):
+        use_refiner = bool(first.refiner) and self.model.refiner is not None
+        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in recipes]
+        with self._unet_passes(_negative_only(first)), _vae_slicing(pipe, len(recipes), first.width * first.height):
             out = pipe(
-                **cond.pipeline_kwargs(),
-                num_inference_steps=recipe.steps,
-                guidance_scale=recipe.guidance,
-                width=recipe.width,
-                height=recipe.height,
-                generator=generator,
-                callback_on_step_end=step_end,
-                denoising_end=recipe.refiner_switch if use_refiner else None,
-                output_type="latent" if use_refiner else "np",
-            ).images
-        if use_refiner:
-            refiner = self.model.refiner
-            refiner.scheduler = make_scheduler(recipe.scheduler, dict(refiner.scheduler.config))
-            rcond = self._refiner_conditioner.encode(recipe.prompt, recipe.negative)
-            out = refiner(
-                **rcond.pipeline_kwargs(),
-                image=out,
-                num_inference_steps=recipe.steps,
-                denoising_start=recipe.refiner_switch,
-                guidance_scale=recipe.guidance,
-                generator=generator,
-                callback_on_step_end=step_end,
-                output_type="np",
-            ).images
-        return _to_images(out[:1])[0]
-
-    @torch.no_grad()
-    def render_batch(self, recipes: list[Recipe], cancel: CancelToken | None = None) -> list[Image.Image]:
-        """Several recipes that differ only in prompt, negative and seed, in one pipeline call (A1111's
-        "batch size"). Many times faster than one by one for a small model on the CPU; each image
-        keeps its own seed's noise, but may differ in the last bit from a one-image render, so
-        regenerating it is exact only within 2/255."""
-        if not recipes:
-            return []
-        first = recipes[0]
-        shared = ("steps", "guidance", "width", "height", "scheduler", "lora_hash", "lora_scale", "lora_passes")
-        for r in recipes[1:]:
-            differ = [k for k in shared if getattr(r, k) != getattr(first, k)]
-            if differ:
-                raise NegaloraError(f"one batch must share its settings; these differ: {', '.join(differ)}")
-        if any(r.refiner for r in recipes) and self.model.refiner is not None:
-            raise NegaloraError("a batch cannot use the refiner; render those one by one")
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        pipe = self.model.pipe
-        pipe.scheduler = self._scheduler(first.scheduler)
-        self._apply_lora(first)
-        negative_only = _negative_only(first)
-        conds = [self._conditioning(r) for r in recipes]
-        if len({c.embeds.shape for c in conds}) > 1:
-            raise NegaloraError("prompts of different token lengths cannot share a batch")
-        kwargs = {key: torch.cat([c.pipeline_kwargs()[key] for c in conds]) for key in conds[0].pipeline_kwargs()}
-
-        def step_end(_pipe, _i, _t, kw):
-            faults.inject("generate_step")
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            return kw
-
-        with self._unet_passes(negative_only):
-            out = pipe(
-                **kwargs,
+                **_stacked(conds),
                 num_inference_steps=first.steps,
                 guidance_scale=first.guidance,
                 width=first.width,
                 height=first.height,
-                generator=[torch.Generator("cpu").manual_seed(r.seed) for r in recipes],
+                generator=generators,
                 callback_on_step_end=step_end,
-                output_type="np",
+                denoising_end=first.refiner_switch if use_refiner else None,
+                output_type="latent" if use_refiner else "np",
             ).images
-        return _to_images(out)
+        if use_refiner:
+            refiner = self.model.refiner
+            refiner.scheduler = make_scheduler(first.scheduler, dict(refiner.scheduler.config))
+            rconds = [self._refiner_conditioner.encode(r.prompt, r.negative) for r in recipes]
+            with _vae_slicing(refiner, len(recipes), first.width * first.height):
+                out = refiner(
+                    **_stacked(rconds),
+                    image=out,
+                    num_inference_steps=first.steps,
+                    denoising_start=first.refiner_switch,
+                    guidance_scale=first.guidance,
+                    generator=generators,
+                    callback_on_step_end=step_end,
+                    output_type="np",
+                ).images
+        return _to_images(out[: len(recipes)])
+
+    def batch_size_for(self, recipe: Recipe, wanted: int | None) -> int:
+        """``wanted``, or the auto batch size for this model, device and image size."""
+        if wanted is not None:
+            return wanted
+        from negalora.device import auto_batch_size
+
+        return auto_batch_size(self.model.placement, recipe.width, recipe.height, self.model.unet_channels)
+
+    def render_many(
+        self,
+        recipes: list[Recipe],
+        batch_size: int | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[tuple[Recipe, Image.Image]]:
+        """Render recipes in order, consecutive ones that can share a pipeline call in batches of up
+        to ``batch_size`` (None: auto); each image comes out as soon as its batch is done, with its
+        recipe recording the batch it was made in."""
+        for batch in self.render_batches(recipes, batch_size, on_progress, cancel):
+            yield from batch
+
+    def render_batches(
+        self,
+        recipes: list[Recipe],
+        batch_size: int | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[list[tuple[Recipe, Image.Image]]]:
+        """As ``render_many``, a batch at a time."""
+        total = len(recipes)
+        index = 0
+        for group in self._batches(recipes, batch_size):
+            n = len(group)
+            if n > 1:
+                group = [replace(r, batch_size=n, batch_pos=i) for i, r in enumerate(group)]
+            if on_progress is not None:
+                on_progress(Progress(index, total, 0, group[0].steps, n))
+
+            def step(s, i=index, steps=group[0].steps, n=n):
+                on_progress(Progress(i, total, min(s, steps), steps, n))
+
+            images = self.render_batch(group, step if on_progress else None, cancel)
+            yield list(zip(group, images, strict=True))
+            index += n
+
+    def _batches(self, recipes: list[Recipe], batch_size: int | None) -> Iterator[list[Recipe]]:
+        """Consecutive runs of recipes with the same shared settings and prompt length, cut at the
+        batch size. Lazy: a group's LoRA is applied only once the group before it is rendered."""
+        group: list[Recipe] = []
+        size, shared, length = 1, None, None
+        for recipe in recipes:
+            this = tuple(getattr(recipe, k) for k in BATCH_SHARED)
+            if group and (this != shared or len(group) >= size):
+                yield group
+                group = []
+            if group and self._prompt_length(recipe) != length:
+                yield group
+                group = []
+            if not group:
+                size, shared = self.batch_size_for(recipe, batch_size), this
+                length = self._prompt_length(recipe) if size > 1 else None
+            group.append(recipe)
+        if group:
+            yield group
+
+    def _prompt_length(self, recipe: Recipe) -> int:
+        """Compel pads prompts to whole 77-token chunks, and ones of different lengths cannot be stacked.
+        Encoding is cached, so the batch's render reuses it."""
+        self._apply_lora(recipe)
+        return int(self._conditioning(recipe).embeds.shape[1])
 
     def run(
         self,
@@ -310,19 +357,47 @@ class Generator:
         on_progress: Callable[[Progress], None] | None = None,
         cancel: CancelToken | None = None,
     ) -> Iterator[tuple[Recipe, Image.Image]]:
-        recipes = self.plan(request)
-        total = len(recipes)
-        for index, recipe in enumerate(recipes):
-            if on_progress is not None:
-                on_progress(Progress(index, total, 0, recipe.steps))
-            image = self.render(
-                recipe,
-                on_step=(lambda s, i=index, r=recipe: on_progress(Progress(i, total, min(s, r.steps), r.steps)))
-                if on_progress
-                else None,
-                cancel=cancel,
-            )
-            yield recipe, image
+        yield from self.render_many(self.plan(request), request.batch_size, on_progress, cancel)
+
+
+BATCH_SHARED = (
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "scheduler",
+    "lora_hash",
+    "lora_scale",
+    "lora_passes",
+    "refiner",
+    "refiner_switch",
+)
+
+
+def _stacked(conds: list[Conditioning]) -> dict:
+    if len(conds) == 1:
+        return conds[0].pipeline_kwargs()
+    return {key: torch.cat([c.pipeline_kwargs()[key] for c in conds]) for key in conds[0].pipeline_kwargs()}
+
+
+SLICE_PIXELS = 1024 * 1024  # a batch of more pixels than one SDXL image decodes one image at a time
+
+
+@contextmanager
+def _vae_slicing(pipe, n: int, pixels: int):
+    """A large batch decodes one image at a time, so the VAE's peak memory stays that of one image
+    (a small batch decodes at once: faster, and its memory is no matter)."""
+    vae = getattr(pipe, "vae", None)
+    if n < 2 or n * pixels <= SLICE_PIXELS or vae is None or not hasattr(vae, "enable_slicing"):
+        yield
+        return
+    before = getattr(vae, "use_slicing", False)
+    vae.enable_slicing()
+    try:
+        yield
+    finally:
+        if not before:
+            vae.disable_slicing()
 
 
 def split_conditioning(conditioner: Conditioner, pipe, prompt: str, negative: str) -> Conditioning:
@@ -339,22 +414,30 @@ def split_conditioning(conditioner: Conditioner, pipe, prompt: str, negative: st
 def generate_to_store(
     generator: Generator,
     store: Store,
-    request: GenerateRequest,
+    request: GenerateRequest | Sequence[GenerateRequest],
     on_progress: Callable[[Progress], None] | None = None,
     cancel: CancelToken | None = None,
     on_image: Callable[[StoredImage, Recipe], None] | None = None,
 ) -> list[tuple[StoredImage, Recipe]]:
-    """Generate a batch and store every finished image. A cancel ends the batch early and keeps the
-    images already finished; the caller tells a cancel by its token."""
+    """Generate one request (or several, as one job: Make wrong images) and store every finished
+    image as its batch finishes. Consecutive images of the requests that share their settings
+    render together, in batches of the first request's batch size. Every request is checked before
+    the first image. A cancel ends the job early and keeps the images already finished; the caller
+    tells a cancel by its token."""
+    requests = [request] if isinstance(request, GenerateRequest) else list(request)
+    recipes = [recipe for r in requests for recipe in generator.plan(r)]
+    batch_size = requests[0].batch_size if requests else 1
     model = generator.model
     model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
     done = []
     try:
-        for recipe, image in generator.run(request, on_progress, cancel):
-            stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
-            done.append((stored, recipe))
-            if on_image is not None:
-                on_image(stored, recipe)
+        for batch in generator.render_batches(recipes, batch_size, on_progress, cancel):
+            items = [(recipe, png_bytes(image, recipe)) for recipe, image in batch]
+            stored_batch = store.add_generated_many(items, model_id)  # one commit per batch
+            for stored, (recipe, _) in zip(stored_batch, batch, strict=True):
+                done.append((stored, recipe))
+                if on_image is not None:
+                    on_image(stored, recipe)
     except Cancelled:
         pass
     return done
@@ -377,4 +460,9 @@ def regenerate(generator: Generator, recipe: Recipe) -> Image.Image:
         check_lora_file(path)  # the file may have been replaced since; hashing reads its header length
         if generator._lora_hash(path) != recipe.lora_hash:
             raise NegaloraError(f"{path}: the LoRA file changed since the image was made")
+    if recipe.batch_size > 1:
+        # the batch's other images are not in the recipe; a batch of the same size with this one in
+        # every place runs the same kernels on the same shapes
+        copies = [replace(recipe, batch_pos=i) for i in range(recipe.batch_size)]
+        return generator.render_batch(copies)[recipe.batch_pos]
     return generator.render(recipe)

@@ -76,6 +76,8 @@ def format_parameters(recipe: Recipe) -> str:
         pairs.append(("Lora hashes", f"{recipe.lora}: {recipe.lora_hash[:12]}"))
         if recipe.lora_passes != "both":  # negalora's own: the LoRA acted on the negative pass only
             pairs.append(("Lora passes", recipe.lora_passes))
+    if recipe.batch_size > 1:  # as A1111 writes them, only for a real batch
+        pairs += [("Batch size", recipe.batch_size), ("Batch pos", recipe.batch_pos)]
     pairs += [("RNG", recipe.noise_device.upper()), ("Version", f"negalora {recipe.version}")]
     settings = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs)
     lines = [prompt]

@@ -40,6 +40,8 @@ class Recipe:
     vae_hash: str = ""
     vae_location: str = ""
     noise_device: str = "cpu"  # the seed's generator device: CPU noise is the same on every machine
+    batch_size: int = 1  # images rendered in the same pipeline call (A1111's "Batch size")
+    batch_pos: int = 0  # this image's place in it (A1111's "Batch pos")
     version: str = __version__
 
     def to_json(self) -> str:

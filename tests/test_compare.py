@@ -78,7 +78,13 @@ def test_three_way_columns_equal_direct_diffusers_calls(unused_generator, store,
         unused_generator,
         store,
         CompareRequest(
-            prompts=("a red circle",), seeds=(3, 4), lora=str(lora_file), scale=0.75, steps=STEPS, lora_passes="both"
+            prompts=("a red circle",),
+            seeds=(3, 4),
+            lora=str(lora_file),
+            scale=0.75,
+            steps=STEPS,
+            lora_passes="both",
+            batch_size=1,  # one cell per call, as the direct calls below: the same pixels exactly
         ),
     )
     assert result.status == "done"
@@ -283,7 +289,7 @@ def test_cancel_keeps_finished_cells_and_writes_no_grid(generator, store, lora_f
     result = run_comparison(
         generator,
         store,
-        CompareRequest(prompts=("a",), seeds=(1, 2), lora=str(lora_file), steps=2),
+        CompareRequest(prompts=("a",), seeds=(1, 2), lora=str(lora_file), steps=2, batch_size=1),
         cancel=token,
         on_cell=on_cell,
     )
@@ -355,17 +361,18 @@ def test_vote_pairs_are_shuffled_with_random_sides_and_skip_identical_cells():
 
 def test_a_failing_cell_marks_the_comparison_failed(generator, store, lora_file, monkeypatch):
     calls = []
-    real = generator.render
+    real = generator.render_batch
 
-    def flaky(recipe, **kw):
-        calls.append(recipe)
+    def flaky(recipes, *args, **kw):
+        calls.append(recipes)
         if len(calls) == 2:
             raise NegaloraError("the model produced NaN pixels")
-        return real(recipe, **kw)
+        return real(recipes, *args, **kw)
 
-    monkeypatch.setattr(generator, "render", flaky)
+    monkeypatch.setattr(generator, "render_batch", flaky)
+    request = CompareRequest(prompts=("a",), seeds=(1, 2), lora=str(lora_file), steps=2, batch_size=1)
     with pytest.raises(NegaloraError, match="NaN"):
-        run_comparison(generator, store, CompareRequest(prompts=("a",), seeds=(1, 2), lora=str(lora_file), steps=2))
+        run_comparison(generator, store, request)
     (row,) = store.comparisons()
     assert row["status"] == "failed" and len(store.comparison(row["id"])["cells"]) == 1
 

@@ -49,7 +49,8 @@ def test_render_equals_a_direct_diffusers_call(generator):
 
 def test_progress_per_step_and_per_image(generator):
     events: list[Progress] = []
-    list(generator.run(GenerateRequest(prompts=("a",), count=2, seed=1, steps=4), on_progress=events.append))
+    request = GenerateRequest(prompts=("a",), count=2, seed=1, steps=4, batch_size=1)
+    list(generator.run(request, on_progress=events.append))
     assert [(e.image_index, e.step) for e in events] == [
         (0, 0),
         (0, 1),
@@ -78,7 +79,7 @@ def test_cancel_within_one_step_stores_nothing_partial(generator, home):
     done = generate_to_store(
         generator,
         store,
-        GenerateRequest(prompts=("a",), count=3, seed=5, steps=10),
+        GenerateRequest(prompts=("a",), count=3, seed=5, steps=10, batch_size=1),
         on_progress=on_progress,
         cancel=cancel,
     )

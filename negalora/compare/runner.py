@@ -129,10 +129,11 @@ def check_compare_request(request: CompareRequest) -> None:
 
 @dataclass(frozen=True)
 class CompareProgress:
-    cell_index: int
+    cell_index: int  # the (first) cell being rendered
     cell_total: int
     step: int
     steps: int
+    batch: int = 1  # cells rendered together, from cell_index on (down the column)
 
 
 @dataclass
@@ -184,8 +185,9 @@ def run_comparison(
     on_cell: Callable[[int, int, StoredImage], None] | None = None,
     on_planned: Callable[["ComparisonResult"], None] | None = None,
 ) -> ComparisonResult:
-    """Render and store every cell, then the grid. Cells are rendered column by column so that a
-    LoRA is loaded once per column, never once per cell. A cancel keeps the cells already made."""
+    """Render and store every cell, then the grid. Cells are rendered column by column, in batches
+    down each column (``request.batch_size``, default auto), so that a LoRA is loaded once per column,
+    never once per cell. A cancel keeps the cells already made."""
     request = fill_from_prompt_set(store, request)
     check_compare_request(request)
     source = resolve_lora(store, request.lora, request.step)
@@ -216,17 +218,15 @@ def run_comparison(
     index = 0
     try:
         for c in range(len(columns)):
-            for r in range(len(rows)):
-                recipe = recipes[r][c]
-                if on_progress is not None:
-                    on_progress(CompareProgress(index, total, 0, recipe.steps))
-                image = generator.render(
-                    recipe,
-                    on_step=(lambda s, i=index, n=recipe.steps: on_progress(CompareProgress(i, total, min(s, n), n)))
-                    if on_progress
-                    else None,
-                    cancel=cancel,
-                )
+            base = index
+
+            def progress(p, base=base):
+                on_progress(CompareProgress(base + p.image_index, total, p.step, p.steps, p.batch))
+
+            column = [recipes[r][c] for r in range(len(rows))]
+            made = generator.render_many(column, request.batch_size, progress if on_progress else None, cancel)
+            for r, (recipe, image) in enumerate(made):
+                recipes[r][c] = recipe  # as rendered: with the batch it was made in
                 stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
                 store.add_comparison_cell(comparison_id, r, c, stored.id)
                 images[r][c], result.cells[r][c] = image, stored

@@ -42,6 +42,11 @@ class LoadedModel:
     vae_location: str = ""
     vae_sha256: str = ""
 
+    @property
+    def unet_channels(self) -> int:
+        """The UNet's first block width (320 for SDXL): what a batch's activation memory scales with."""
+        return int(self.pipe.unet.config.block_out_channels[0])
+
 
 def _looks_like_path(spec: str) -> bool:
     """A hub id is exactly ``owner/name``; anything else the user typed is meant as a path."""

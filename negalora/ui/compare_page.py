@@ -418,11 +418,12 @@ class ComparePage(QWidget):
         if row == max(self.grid.currentRow(), 0):
             self._show_pair()
 
-    def job_progress(self, index: int, total: int, step: int, steps: int) -> None:
-        done = index * steps + step
+    def job_progress(self, index: int, total: int, step: int, steps: int, batch: int = 1) -> None:
+        done = index * steps + batch * step
         self.progress.setMaximum(max(1, total * steps))
-        self.progress.setValue(done)
-        self.progress_label.setText(f"Cell {min(index + 1, total)} of {total} · step {step}/{steps}")
+        self.progress.setValue(min(done, total * steps))
+        cells = f"Cell {min(index + 1, total)}" if batch < 2 else f"Cells {index + 1}–{min(index + batch, total)}"
+        self.progress_label.setText(f"{cells} of {total} · step {step}/{steps}")
 
     def job_ended(self, status: str, comparison_id: int | None = None, error: str = "") -> None:
         self.go.setEnabled(True)

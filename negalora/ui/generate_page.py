@@ -32,6 +32,8 @@ from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from negalora.ui.prompt_highlighter import PromptHighlighter
 from negalora.wrong_set import DEFAULT_COUNT, wrong_set_requests
 
+BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)  # beside auto, A1111's slider goes to 8
+
 NATIVE = "Model's native size"
 SIZES = [
     NATIVE,
@@ -77,6 +79,14 @@ class GeneratePage(QWidget):
         self.seed_lock = QCheckBox("Lock")
         self.seed_lock.setToolTip("Locked: every run starts at this seed. Unlocked: a new random seed per run.")
         self.count = QSpinBox(minimum=1, maximum=1000, value=4)
+        self.batch_size = QComboBox()
+        self.batch_size.addItem("auto", None)
+        for n in BATCH_SIZES:
+            self.batch_size.addItem(str(n), n)
+        self.batch_size.setToolTip(
+            "Images per pipeline call (A1111's batch size). Auto: as many as the device, the image size and\n"
+            "free memory suit, 1 where a batch would not fit. Every image keeps its own seed and recipe."
+        )
         self.steps = QSpinBox(minimum=1, maximum=200, value=25)
         self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=7.0, singleStep=0.5)
         self.size = QComboBox()
@@ -113,7 +123,11 @@ class GeneratePage(QWidget):
         form = QFormLayout()
         form.addRow("Model", self.model)
         form.addRow("Seed", seed_row)
-        form.addRow("Images per prompt", self.count)
+        count_row = QHBoxLayout()
+        count_row.addWidget(self.count, 1)
+        count_row.addWidget(QLabel("Batch size"))
+        count_row.addWidget(self.batch_size)
+        form.addRow("Images per prompt", count_row)
         form.addRow("Steps", self.steps)
         form.addRow("CFG scale", self.guidance)
         form.addRow("Size", self.size)
@@ -216,6 +230,7 @@ class GeneratePage(QWidget):
             "seed": self.seed.text(),
             "seed_locked": self.seed_lock.isChecked(),
             "count": self.count.value(),
+            "batch_size": self.batch_size.currentData(),
             "steps": self.steps.value(),
             "guidance": self.guidance.value(),
             "size": self.size.currentText(),
@@ -233,6 +248,8 @@ class GeneratePage(QWidget):
         if s.get("seed_locked") and str(s.get("seed", "")).isdigit():
             self.seed.setText(str(s["seed"]))
         self.count.setValue(int(s.get("count", self.count.value())))
+        index = self.batch_size.findData(s.get("batch_size"))
+        self.batch_size.setCurrentIndex(max(index, 0))
         self.steps.setValue(int(s.get("steps", self.steps.value())))
         self.guidance.setValue(float(s.get("guidance", self.guidance.value())))
         if s.get("size") in SIZES:
@@ -280,6 +297,7 @@ class GeneratePage(QWidget):
             lora=self.lora.currentData() or None,
             lora_scale=self.lora_scale.value(),
             lora_passes=self.lora_passes.currentData(),
+            batch_size=self.batch_size.currentData(),
         )
 
     # -- LoRA -----------------------------------------------------------------------------
@@ -335,6 +353,7 @@ class GeneratePage(QWidget):
             width=width,
             height=height,
             scheduler=self.scheduler.currentText(),
+            batch_size=self.batch_size.currentData(),
         )
         self.generate.emit(self.model_spec(), requests, True)
 
@@ -349,12 +368,13 @@ class GeneratePage(QWidget):
         self.progress.setValue(0)
         self.progress_label.setText("Starting… (the first job loads the model)")
 
-    def job_progress(self, image_index: int, image_total: int, step: int, steps: int) -> None:
-        done = (image_index + step / max(steps, 1)) / max(image_total, 1)
+    def job_progress(self, image_index: int, image_total: int, step: int, steps: int, batch: int = 1) -> None:
+        done = (image_index + batch * step / max(steps, 1)) / max(image_total, 1)
         self.progress.setValue(int(done * 1000))
         elapsed = time.monotonic() - self._job_started
         eta = f" · ETA {elapsed / done * (1 - done):.0f} s" if done > 0.02 else ""
-        self.progress_label.setText(f"Image {image_index + 1}/{image_total} · step {step}/{steps}{eta}")
+        which = f"Image {image_index + 1}" if batch < 2 else f"Images {image_index + 1}–{image_index + batch}"
+        self.progress_label.setText(f"{which}/{image_total} · step {step}/{steps}{eta}")
 
     def add_result(self, image_id: int, path: str, seed: int) -> None:
         pix = QPixmap(path)

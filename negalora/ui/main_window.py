@@ -224,7 +224,7 @@ class MainWindow(QMainWindow):
             page.set_cell(msg["row"], msg["col"], msg["image_id"], msg["path"], msg.get("comparison"))
             self.gallery_model.add_new(msg["image_id"])
         elif kind == "progress":
-            page.job_progress(msg["image_index"], msg["image_total"], msg["step"], msg["steps"])
+            page.job_progress(msg["image_index"], msg["image_total"], msg["step"], msg["steps"], msg.get("batch", 1))
         elif kind in ("finished", "failed"):
             self._compare_job = None
             page.job_ended(msg.get("status", "failed"), msg.get("comparison"), msg.get("error", ""))
@@ -248,7 +248,9 @@ class MainWindow(QMainWindow):
         if msg.get("job") != self._job or self._job is None:
             return
         if kind == "progress":
-            self.generate_page.job_progress(msg["image_index"], msg["image_total"], msg["step"], msg["steps"])
+            self.generate_page.job_progress(
+                msg["image_index"], msg["image_total"], msg["step"], msg["steps"], msg.get("batch", 1)
+            )
         elif kind == "image":
             self._job_images += 1
             self.generate_page.add_result(msg["image_id"], msg["path"], msg["seed"])

@@ -106,45 +106,42 @@ class WorkerServer:
                 self._compare(job, wanted, generator, store, token)
                 return
             requests = list(wanted.requests)
-            plans = [generator.plan(r) for r in requests]  # all checks before the first image
-            total = sum(len(p) for p in plans)
+            total = sum(len(generator.plan(r)) for r in requests)  # all checks before the first image
             self.out.send({"type": "started", "job": job, "total": total})
             ids: list[int] = []
-            offset = 0
-            for request, plan in zip(requests, plans, strict=True):
 
-                def progress(p, base=offset):
-                    self.out.send(
-                        {
-                            "type": "progress",
-                            "job": job,
-                            "image_index": base + p.image_index,
-                            "image_total": total,
-                            "step": p.step,
-                            "steps": p.steps,
-                        }
-                    )
+            def progress(p):
+                self.out.send(
+                    {
+                        "type": "progress",
+                        "job": job,
+                        "image_index": p.image_index,
+                        "image_total": total,
+                        "step": p.step,
+                        "steps": p.steps,
+                        "batch": p.batch,
+                    }
+                )
 
-                def image(stored, recipe):
-                    ids.append(stored.id)
-                    if wanted.reject and not stored.duplicate:  # keep the artist's verdict on old images
-                        store.rate([stored.id], "reject", list(wanted.reasons))
-                    self.out.send(
-                        {
-                            "type": "image",
-                            "job": job,
-                            "image_id": stored.id,
-                            "path": str(stored.path),
-                            "seed": recipe.seed,
-                            "prompt": recipe.prompt,
-                            "duplicate": stored.duplicate,
-                        }
-                    )
+            def image(stored, recipe):
+                ids.append(stored.id)
+                if wanted.reject and not stored.duplicate:  # keep the artist's verdict on old images
+                    store.rate([stored.id], "reject", list(wanted.reasons))
+                self.out.send(
+                    {
+                        "type": "image",
+                        "job": job,
+                        "image_id": stored.id,
+                        "path": str(stored.path),
+                        "seed": recipe.seed,
+                        "prompt": recipe.prompt,
+                        "duplicate": stored.duplicate,
+                        "batch_size": recipe.batch_size,
+                    }
+                )
 
-                generate_to_store(generator, store, request, on_progress=progress, cancel=token, on_image=image)
-                offset += len(plan)
-                if token.cancelled:
-                    break
+            if requests:  # one call: consecutive images that share their settings render in batches
+                generate_to_store(generator, store, requests, on_progress=progress, cancel=token, on_image=image)
             status = "cancelled" if token.cancelled else "done"
             self.out.send({"type": "finished", "job": job, "status": status, "image_ids": ids})
         except NegaloraError as exc:
@@ -211,6 +208,7 @@ class WorkerServer:
                     "image_total": p.cell_total,
                     "step": p.step,
                     "steps": p.steps,
+                    "batch": p.batch,
                 }
             )
 
