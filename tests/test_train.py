@@ -17,6 +17,7 @@ from negalora.generate import GenerateRequest, Generator
 from negalora.models.demo import DEMO_SIZE
 from negalora.models.loader import load_model
 from negalora.store import Store
+from negalora.train import trainer as trainer_module
 from negalora.train.config import PRESETS, TrainConfig, default_preset, preset
 from negalora.train.trainer import Trainer
 
@@ -456,4 +457,27 @@ def test_the_optimiser_options_train_with_finite_losses(home):
     assert [s for s, _ in losses] == list(range(1, 7)) and all(np.isfinite(v) for _, v in losses)
     keys = load_file(result.checkpoints[-1]).keys()
     assert any(".ff.net." in k for k in keys) and any(".attn1.to_q." in k for k in keys)
+    store.close()
+
+
+def test_the_loss_curve_is_written_in_batches_and_every_step_still_reaches_the_live_curve(home, monkeypatch):
+    store = _seed_rejects(home, 4)
+    commits = []
+    real = Store.log_losses
+
+    def counting(self, run_id, rows):
+        commits.append([s for s, _, _ in rows])
+        return real(self, run_id, rows)
+
+    monkeypatch.setattr(Store, "log_losses", counting)
+    monkeypatch.setattr(trainer_module._LossLog, "EVERY_S", 1e9)  # steps, not seconds, on a slow machine too
+    events = []
+    result = Trainer(home, store, _model(home), on_event=events.append).start(
+        _config(steps=30, checkpoint_every=30, validation_steps=0, batch=1)
+    )
+    assert result.status == "done"
+    assert [e["step"] for e in events if e["type"] == "train_step"] == list(range(1, 31))
+    assert [s for rows in commits for s in rows] == list(range(1, 31))  # each step once, in order
+    assert [len(rows) for rows in commits] == [25, 5]  # not one commit per step: 25 a commit, and at the end
+    assert [s for s, _ in store.losses(result.run_id)] == list(range(1, 31))
     store.close()

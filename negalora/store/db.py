@@ -446,10 +446,15 @@ class Store(EvaluationTables):
         return rows[0] if rows else None
 
     def log_loss(self, run_id: str, step: int, loss: float, lr: float) -> None:
+        self.log_losses(run_id, [(step, loss, lr)])
+
+    def log_losses(self, run_id: str, rows: list[tuple[int, float, float]]) -> None:
+        """(step, loss, lr) rows of a run's loss curve, in one transaction; a step logged again (after a
+        resume) replaces its row."""
         with self._write():
-            self.db.execute(
+            self.db.conn.executemany(
                 "INSERT OR REPLACE INTO run_losses (run_id, step, loss, lr) VALUES (?, ?, ?, ?)",
-                [run_id, step, loss, lr],
+                [(run_id, step, loss, lr) for step, loss, lr in rows],
             )
 
     def losses(self, run_id: str) -> list[tuple[int, float]]:

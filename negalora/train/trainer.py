@@ -7,6 +7,7 @@ the CPU, ends with the same weights as an uninterrupted one.
 """
 
 import json
+import math
 import os
 import resource
 import secrets
@@ -93,6 +94,38 @@ def _seeded(*parts: int) -> torch.Generator:
     for p in parts:
         value = (value * 1_000_003 + int(p)) % (2**63 - 1)
     return torch.Generator("cpu").manual_seed(value)
+
+
+class _LossLog:
+    """The run's loss curve, written to the database in small batches (one commit per batch of
+    steps, not one per step); the live curve comes from the train_step events."""
+
+    EVERY_STEPS = 25
+    EVERY_S = 2.0
+
+    def __init__(self, store: Store, run_id: str, enabled: bool):
+        self.store, self.run_id, self.enabled = store, run_id, enabled
+        self.rows: list[tuple[int, float, float]] = []
+        self.flushed = time.monotonic()
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        self.rows.append((step, loss, lr))
+        if len(self.rows) >= self.EVERY_STEPS or time.monotonic() - self.flushed >= self.EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.store.log_losses(self.run_id, self.rows)
+            self.rows = []
+        self.flushed = time.monotonic()
+
+    def flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except (NegaloraError, OSError):
+            pass  # the step's own error is the one to report
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -415,8 +448,11 @@ class Trainer:
             except ImportError as exc:
                 raise NegaloraError("8-bit AdamW needs bitsandbytes: pip install -e '.[cuda]'") from exc
             return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+        # fused on CUDA; elsewhere the multi-tensor kernels (a LoRA is many small tensors, and the one-by-one
+        # loop that is torch's default on the CPU costs more Python than arithmetic)
+        cuda = device.type == "cuda"
         return torch.optim.AdamW(
-            params, lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda" or None
+            params, lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None, foreach=None if cuda else True
         )
 
     def _run(self, run_id, config: TrainConfig, images, *, start_step: int, resume_from: dict | None = None):
@@ -571,75 +607,81 @@ class Trainer:
         nan_run = 0
         last_loss = None
         t_start = time.monotonic()
-        for step in range(start_step + 1, config.steps + 1):
-            if anywhere(self.cancel.cancelled):
-                self._checkpoint(run_id, config, accelerator, unet, optimizer, step - 1)
-                return "cancelled", "cancelled by the user", last_loss
-            total = 0.0
-            finite = True
-            faults.inject("train_step")
-            for micro in range(config.grad_accum):
-                batch = self._batch(config, instance, text, step, micro, world, rank)
-                last_micro = micro == config.grad_accum - 1
-                # gradients are averaged across processes once per step, on the last micro-batch
-                with accelerator.autocast(), nullcontext() if last_micro else accelerator.no_sync(unet):
-                    loss = self._loss(forward, noise_scheduler, config, batch, step, micro, device, weight_dtype)
-                    if class_samples:  # prior preservation: the base model's own images, beside the rejects
-                        cbatch = self._batch(config, class_samples, text, step, micro, world, rank, stream=1)
-                        closs = self._loss(
-                            forward, noise_scheduler, config, cbatch, step, micro, device, weight_dtype, 1
-                        )
-                        loss = loss + config.prior_weight * closs
-                    if anywhere(not torch.isfinite(loss)):
-                        finite = False
-                        break
-                    accelerator.backward(loss / config.grad_accum)
-                total += float(loss.detach()) / config.grad_accum
-            if finite and world > 1:
-                # The text encoders run outside the DDP wrapper, so their LoRA gradients are averaged here.
-                for p in self._text_params:
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, reduction="mean")
-                total = float(accelerator.reduce(torch.tensor(total, device=device), reduction="mean"))
-            if finite:
-                norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-                # a finite loss with non-finite gradients (half precision) must not reach the weights either
-                finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
+        losses = _LossLog(self.store, run_id, enabled=self._main)
+        try:
+            for step in range(start_step + 1, config.steps + 1):
+                if anywhere(self.cancel.cancelled):
+                    losses.flush()
+                    self._checkpoint(run_id, config, accelerator, unet, optimizer, step - 1)
+                    return "cancelled", "cancelled by the user", last_loss
+                faults.inject("train_step")
+                total = torch.zeros((), device=device)
+                for micro in range(config.grad_accum):
+                    batch = self._batch(config, instance, text, step, micro, world, rank)
+                    last_micro = micro == config.grad_accum - 1
+                    # gradients are averaged across processes once per step, on the last micro-batch
+                    with accelerator.autocast(), nullcontext() if last_micro else accelerator.no_sync(unet):
+                        loss = self._loss(forward, noise_scheduler, config, batch, step, micro, device, weight_dtype)
+                        if class_samples:  # prior preservation: the base model's own images, beside the rejects
+                            cbatch = self._batch(config, class_samples, text, step, micro, world, rank, stream=1)
+                            closs = self._loss(
+                                forward, noise_scheduler, config, cbatch, step, micro, device, weight_dtype, 1
+                            )
+                            loss = loss + config.prior_weight * closs
+                        # A non-finite loss is not checked here: its gradients are not finite either, and
+                        # the step below is skipped on them. Checking here would stop the GPU every micro-batch.
+                        accelerator.backward(loss / config.grad_accum)
+                    total = total + loss.detach().float() / config.grad_accum
+                if world > 1:
+                    # The text encoders run outside the DDP wrapper, so their LoRA gradients are averaged here.
+                    for p in self._text_params:
+                        if p.grad is not None:
+                            p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    total = accelerator.reduce(total, reduction="mean")
+                norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))  # a tensor: no sync
+                # The one host sync of a step: its loss, and whether it and the gradients are finite (a finite
+                # loss with non-finite gradients, half precision, must not reach the weights either).
+                loss_value, norm_value = torch.stack([total, norm.to(total.device).float()]).tolist()
+                finite = not anywhere(not (math.isfinite(loss_value) and math.isfinite(norm_value)))
+                if not finite:
+                    optimizer.zero_grad(set_to_none=True)
+                    lr_schedule.step()
+                    nan_run += 1
+                    self._emit({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
+                    self._log(self.home.runs / run_id, f"step {step}: non-finite loss or gradients, skipped")
+                    if nan_run >= config.max_nan_steps:
+                        losses.flush()
+                        return "stopped_nan", f"{nan_run} non-finite losses in a row at step {step}", last_loss
+                    continue
+                nan_run = 0
+                optimizer.step()
+                lr = lr_schedule.get_last_lr()[0]
                 lr_schedule.step()
-                nan_run += 1
-                self._emit({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
-                self._log(self.home.runs / run_id, f"step {step}: non-finite loss or gradients, skipped")
-                if nan_run >= config.max_nan_steps:
-                    return "stopped_nan", f"{nan_run} non-finite losses in a row at step {step}", last_loss
-                continue
-            nan_run = 0
-            optimizer.step()
-            lr = lr_schedule.get_last_lr()[0]
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            last_loss = total
-            if self._main:
-                self.store.log_loss(run_id, step, total, lr)
-            elapsed = time.monotonic() - t_start
-            done_here = step - start_step
-            self._emit(
-                {
-                    "type": "train_step",
-                    "run": run_id,
-                    "step": step,
-                    "steps": config.steps,
-                    "loss": total,
-                    "lr": lr,
-                    "it_s": done_here / elapsed if elapsed > 0 else 0.0,
-                    "eta_s": elapsed / done_here * (config.steps - step),
-                    "peak_mem_mb": peak_memory_mb(device),
-                }
-            )
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                self._checkpoint(run_id, config, accelerator, unet, optimizer, step)
-        return "done", "", last_loss
+                optimizer.zero_grad(set_to_none=True)
+                last_loss = loss_value
+                losses.add(step, loss_value, lr)
+                elapsed = time.monotonic() - t_start
+                done_here = step - start_step
+                self._emit(
+                    {
+                        "type": "train_step",
+                        "run": run_id,
+                        "step": step,
+                        "steps": config.steps,
+                        "loss": loss_value,
+                        "lr": lr,
+                        "it_s": done_here / elapsed if elapsed > 0 else 0.0,
+                        "eta_s": elapsed / done_here * (config.steps - step),
+                        "peak_mem_mb": peak_memory_mb(device),
+                    }
+                )
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    losses.flush()  # a checkpoint's losses are in the database before the checkpoint is
+                    self._checkpoint(run_id, config, accelerator, unet, optimizer, step)
+            losses.flush()
+            return "done", "", last_loss
+        finally:
+            losses.flush_quietly()  # a crash keeps the curve up to its step
 
     # -- checkpoints ----------------------------------------------------------------------
 
