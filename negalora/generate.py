@@ -7,6 +7,7 @@ a cancelled image is thrown away (the pipeline is stopped before it decodes anyt
 
 import secrets
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -429,17 +430,30 @@ def generate_to_store(
     batch_size = requests[0].batch_size if requests else 1
     model = generator.model
     model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
-    done = []
-    try:
-        for batch in generator.render_batches(recipes, batch_size, on_progress, cancel):
-            items = [(recipe, png_bytes(image, recipe)) for recipe, image in batch]
-            stored_batch = store.add_generated_many(items, model_id)  # one commit per batch
-            for stored, (recipe, _) in zip(stored_batch, batch, strict=True):
-                done.append((stored, recipe))
-                if on_image is not None:
-                    on_image(stored, recipe)
-    except Cancelled:
-        pass
+    done: list[tuple[StoredImage, Recipe]] = []
+
+    def write(batch: list[tuple[Recipe, Image.Image]]) -> None:
+        items = [(recipe, png_bytes(image, recipe)) for recipe, image in batch]
+        for stored, (recipe, _) in zip(store.add_generated_many(items, model_id), batch, strict=True):
+            done.append((stored, recipe))
+            if on_image is not None:
+                on_image(stored, recipe)
+
+    # A batch is written (PNG, hashes, one commit) on a thread while the next one renders; only that
+    # thread touches the store until the job ends, and each batch's images are announced as soon as
+    # they are stored. A failed write stops the job at the next batch.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="negalora-store") as pool:
+        writing: Future | None = None
+        try:
+            for batch in generator.render_batches(recipes, batch_size, on_progress, cancel):
+                if writing is not None:
+                    writing.result()
+                writing = pool.submit(write, batch)
+        except Cancelled:
+            pass
+        finally:
+            if writing is not None:
+                writing.result()  # every finished image is stored before the job returns
     return done
 
 

@@ -183,3 +183,26 @@ def test_the_generate_page_has_a_batch_size_that_its_requests_carry(qtbot):
     assert again.build_request().batch_size == 4
     again.restore({**state, "batch_size": None})
     assert again.build_request().batch_size is None
+
+
+def test_a_full_disk_while_a_batch_is_written_stops_the_job_and_keeps_the_batches_before(generator, home):
+    from negalora import faults
+    from negalora.errors import DiskFull
+
+    store = Store(home)
+    seen = []
+    faults.configure("db_commit=enospc@3")  # the model row, the first batch, then the second batch: full
+    try:
+        with pytest.raises(DiskFull, match="disk full"):
+            generate_to_store(
+                generator,
+                store,
+                GenerateRequest(prompts=PROMPTS[:1], count=8, seed=40, steps=2, batch_size=2),
+                on_image=lambda stored, recipe: seen.append(stored.id),
+            )
+    finally:
+        faults.configure("")
+    assert len(seen) == 2 and store.counts()["all"] == 2  # the first batch, whole; nothing of the second
+    assert store.db.execute("SELECT count(*) FROM generations").fetchone()[0] == 2
+    assert len(list(home.images.rglob("*.png"))) == 2  # no file that no row knows
+    store.close()
