@@ -269,33 +269,64 @@ def to_wire(request) -> dict:
 
 def from_wire(cls: type, data: dict):
     """The request of type ``cls`` that ``to_wire`` made ``data`` of; names an unknown or missing field."""
-    if cls is TrainConfig:
-        return TrainConfig.from_dict(data)
     if not isinstance(data, dict):
         raise NegaloraError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    if cls is TrainConfig:
+        return TrainConfig.from_dict(data)  # its own rules: a stored run's older config keeps working
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise NegaloraError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
     try:
-        return cls(**{name: _value(hints[name], value) for name, value in data.items()})
+        return cls(
+            **{
+                name: _value(hint=hints[name], value=value, where=f"{cls.__name__}.{name}")
+                for name, value in data.items()
+            }
+        )
     except TypeError as exc:
         raise NegaloraError(f"{cls.__name__}: {exc}") from None
 
 
-def _value(hint, value):
-    if value is None:
-        return None
+_SCALARS = {str: "text", bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _value(hint, value, where: str):
+    """``value`` as the field's type; a value of the wrong type is refused, naming the field."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _value(inner[0], value) if len(inner) == 1 else value
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        if len(inner) == 1:
+            return _value(inner[0], value, where)
+        for option in inner:
+            try:
+                return _value(option, value, where)
+            except NegaloraError:
+                continue
+        raise NegaloraError(f"{where}: {value!r} is none of {', '.join(getattr(a, '__name__', str(a)) for a in inner)}")
     if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise NegaloraError(f"{where}: expected a list, got {type(value).__name__}")
         (item, *_rest) = typing.get_args(hint)
-        return tuple(_value(item, v) for v in value)
+        return tuple(_value(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if is_dataclass(hint):
         return from_wire(hint, value)
+    if hint in _SCALARS:
+        ok = (
+            isinstance(value, str)
+            if hint is str
+            else type(value) is bool
+            if hint is bool
+            else type(value) is int
+            if hint is int
+            else type(value) in (int, float)
+        )
+        if not ok:
+            raise NegaloraError(f"{where}: {value!r} is not {_SCALARS[hint]}")
+        return float(value) if hint is float else value
     return value
 
 

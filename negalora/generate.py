@@ -451,9 +451,15 @@ def generate_to_store(
                 writing = pool.submit(write, batch)
         except Cancelled:
             pass
-        finally:
-            if writing is not None:
-                writing.result()  # every finished image is stored before the job returns
+        except BaseException:
+            if writing is not None:  # the batch before is stored; the render's error is the one to report
+                try:
+                    writing.result()
+                except BaseException:  # noqa: BLE001
+                    pass
+            raise
+        if writing is not None:
+            writing.result()  # every finished image is stored before the job returns
     return done
 
 

@@ -8,6 +8,7 @@ from negalora import __version__
 from negalora.errors import NegaloraError
 
 RECIPE_FORMAT = 1
+MAX_BATCH = 64  # negalora.api's
 
 
 class BadRecipe(NegaloraError):
@@ -58,6 +59,9 @@ class Recipe:
                 values[f.name] = _typed(f.name, f.type, data[f.name])
             elif f.default is MISSING:
                 raise BadRecipe(f"the recipe has no {f.name}")
+        size, pos = values.get("batch_size", 1), values.get("batch_pos", 0)
+        if not (1 <= size <= MAX_BATCH and 0 <= pos < size):
+            raise BadRecipe(f"the recipe's batch size {size} and place {pos} are not a batch (1 to {MAX_BATCH})")
         return cls(**values)
 
     @classmethod

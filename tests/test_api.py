@@ -50,3 +50,25 @@ def test_a_batch_size_outside_one_to_the_maximum_is_refused():
     for bad in (0, api.MAX_BATCH + 1):
         with pytest.raises(NegaloraError, match=f"batch size {bad}"):
             api.check_request(api.GenerateRequest(("a",), batch_size=bad))
+
+
+@pytest.mark.parametrize(
+    "kind, request_, field",
+    [
+        ("generate", {"requests": [{"prompts": "a cat"}]}, "GenerateRequest.prompts"),  # text, not a list
+        ("generate", {"requests": [{"prompts": ["a"], "steps": "25"}]}, "GenerateRequest.steps"),
+        ("generate", {"requests": [{"prompts": ["a"], "count": True}]}, "GenerateRequest.count"),
+        ("compare", {"lora": 5}, "CompareRequest.lora"),
+        ("export", {"run_id": "r", "verify": "yes"}, "ExportRequest.verify"),
+        ("train", {"config": ["rank", 4]}, "TrainConfig"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_its_field(kind, request_, field):
+    with pytest.raises(NegaloraError, match=field.replace(".", r"\.")):
+        api.request_of({"kind": kind, "request": request_})
+
+
+def test_numbers_and_optional_fields_keep_their_meaning():
+    r = api.request_of({"kind": "generate", "request": {"requests": [{"prompts": ["a"], "guidance": 7, "seed": None}]}})
+    (g,) = r.requests
+    assert g.guidance == 7.0 and isinstance(g.guidance, float) and g.seed is None

@@ -31,3 +31,9 @@ def test_ruff_is_clean():
     paths = ["negalora", "tests", "tools", "benchmarks", "main.py"]
     out = subprocess.run([_tool("ruff"), "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ruff_format_is_clean():
+    paths = ["negalora", "tests", "tools", "benchmarks", "main.py"]
+    out = subprocess.run([_tool("ruff"), "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, "run `ruff format negalora tests tools benchmarks`:\n" + out.stdout + out.stderr

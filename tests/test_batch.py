@@ -206,3 +206,14 @@ def test_a_full_disk_while_a_batch_is_written_stops_the_job_and_keeps_the_batche
     assert store.db.execute("SELECT count(*) FROM generations").fetchone()[0] == 2
     assert len(list(home.images.rglob("*.png"))) == 2  # no file that no row knows
     store.close()
+
+
+@pytest.mark.parametrize("size, pos", [(0, 0), (65, 0), (4, 4), (2, -1)])
+def test_a_recipe_whose_batch_is_not_a_batch_is_refused(size, pos):
+    from negalora.recipe import BadRecipe, Recipe
+
+    good = Recipe("a", "", 1, 2, 7.0, 32, 32, "Euler", "demo", "ab" * 32, batch_size=4, batch_pos=3)
+    assert Recipe.from_json(good.to_json()) == good
+    data = {**json.loads(good.to_json()), "batch_size": size, "batch_pos": pos}
+    with pytest.raises(BadRecipe, match="batch size"):
+        Recipe.from_dict(data)

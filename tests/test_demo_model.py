@@ -21,6 +21,7 @@ def rendered(generator):
     return images
 
 
+@pytest.mark.slow
 def test_the_demo_model_follows_the_prompts_colour_and_shape(rendered):
     colour = shape = 0
     for prompt, image in rendered:

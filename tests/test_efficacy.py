@@ -2,6 +2,7 @@
 rejects by the detectors, a LoRA trained on them with the normal trainer, held-out columns counted."""
 
 import numpy as np
+import pytest
 
 from negalora.demo_world.efficacy import DEMO_RECIPE, EfficacyConfig, held_out_rows, run_efficacy
 from negalora.lora_passes import DEFAULT, NEGATIVE
@@ -18,6 +19,7 @@ SMALL = EfficacyConfig(
 )
 
 
+@pytest.mark.slow
 def test_the_experiment_runs_through_the_product_and_the_default_way_is_the_best(home, generator):
     store = Store(home)
     result = run_efficacy(generator, store, SMALL)  # takes off any LoRA an earlier test left on it

@@ -128,9 +128,9 @@ def test_a_best_strength_of_zero_still_gives_the_best_nonzero_tag():
 
 def test_when_base_measured_best_every_usage_section_says_to_leave_the_lora_out():
     store = FakeStore()
-    _ways(store, {ev.BASE: (0, 6), ev.NEGATIVE_PASS: (3, 3), ev.BOTH_PASSES: (5, 1)})
+    _ways(store, {ev.BASE: (0, 20), ev.NEGATIVE_PASS: (10, 10), ev.BOTH_PASSES: (18, 2)})
     e = ev.gather(store, "run", 4)
-    assert e.best == ev.BASE
+    assert e.best == ev.BASE and e.undistinguished() == []
     assert model_card._comfyui(e, _usage(), "kohya", "wrong").startswith("**This run measured no way")
     assert model_card._a1111(e, _usage(), "w", "wrong").startswith("**This run measured no way")
     assert model_card._leave_out(e).startswith("**This run measured no way")
@@ -161,3 +161,30 @@ def _usage() -> model_card.Usage:
         run_id="run",
         step=4,
     )
+
+
+def test_a_best_base_within_the_intervals_of_a_lora_way_is_said_softly():
+    store = FakeStore()
+    _ways(store, {ev.BASE: (0, 6), ev.NEGATIVE_PASS: (3, 3)})
+    e = ev.gather(store, "run", 4)
+    assert e.best == ev.BASE and e.undistinguished() == [ev.NEGATIVE_PASS]
+    soft = model_card._leave_out(e)
+    assert "not yet distinguishable" in soft and not soft.startswith("**")
+
+
+def test_votes_name_the_ways_never_put_against_the_best():
+    store = FakeStore()
+    _ways(store, {ev.BASE: (0, 0), ev.NEGATIVE_PASS: (0, 0), ev.BOTH_PASSES: (0, 0)})
+    cols = [COLUMNS[ev.BASE], COLUMNS[ev.NEGATIVE_PASS], COLUMNS[ev.BOTH_PASSES]]
+    cells = [(c, 100 + 10 * c + k, None) for c in range(3) for k in range(10)]
+    store.comps = []
+    store.add(cols, cells)
+    # the negative pass beats both passes 9-1, base beats both passes 9-1; negative vs base never voted
+    votes = [{"a_image_id": 110 + k, "b_image_id": 120 + k, "outcome": "a" if k else "b"} for k in range(10)]
+    votes += [{"a_image_id": 100 + k, "b_image_id": 120 + k, "outcome": "a" if k else "b"} for k in range(10)]
+    store.vote_rows = votes
+    e = ev.gather(store, "run", 4)
+    assert e.decided_by == "votes" and e.best in (ev.NEGATIVE_PASS, ev.BASE)
+    other = ev.BASE if e.best == ev.NEGATIVE_PASS else ev.NEGATIVE_PASS
+    assert e.not_compared() == [other]
+    assert "never put directly against" in model_card._lead(e, _usage())

@@ -165,6 +165,7 @@ def _assert_whole(home: Home, ledger: Ledger | None = None) -> dict:
         store.close()
 
 
+@pytest.mark.slow
 def test_store_writers_killed_at_random_moments_lose_nothing_confirmed(tmp_path):
     home = Home(tmp_path / "home")
     rnd = random.Random(20261201)
@@ -183,6 +184,7 @@ def test_store_writers_killed_at_random_moments_lose_nothing_confirmed(tmp_path)
     print(f"store kills: {kills}, confirmed operations: {confirmed}, images: {len(verdicts)}")
 
 
+@pytest.mark.slow
 def test_generation_and_rating_killed_in_process_and_through_the_cli(tmp_path):
     home = Home(tmp_path / "home")
     rnd = random.Random(7)
@@ -235,6 +237,7 @@ def _assert_run_whole(home: Home) -> str | None:
         store.close()
 
 
+@pytest.mark.slow
 def test_training_and_export_killed_at_random_moments_resume_and_stay_whole(trained_home, tmp_path):
     home = trained_home
     rnd = random.Random(11)

@@ -39,6 +39,7 @@ def _colour_right(image, prompt: str) -> bool:
     return classify(image).colour == parse_caption(prompt).colour
 
 
+@pytest.mark.slow
 def test_validation_images_use_the_negative_pass_at_the_demo_sets_cfg_and_keep_the_prompts_colour(trained):
     _, run_id, validations = trained
     (event,) = validations

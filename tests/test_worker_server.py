@@ -1,5 +1,7 @@
 """The worker's job loop in-process (no subprocess): events, model switching, bad input."""
 
+import json
+
 from negalora.api import GenerateJob, GenerateRequest
 from negalora.worker.protocol import job_message
 from negalora.worker.server import WorkerServer
@@ -47,3 +49,20 @@ def test_rejecting_job_keeps_the_verdict_of_images_already_in_the_store(home):
     assert again["image_id"] == image_id and again["duplicate"]
     assert store.image(image_id)["verdict"] == "pick"
     store.close()
+
+
+def test_malformed_lines_are_ignored_and_the_worker_keeps_reading(home):
+    import io
+
+    out = _Collect()
+    server = WorkerServer(str(home.root), "cpu", out)
+    lines = [b"not json\n", b"[1, 2]\n", b'{"type": "cancel"}\n', b'{"type": "job", "kind": "generate"}\n']
+    good = (json.dumps(_job("j9", "demo")) + "\n").encode()
+    server.read_commands(io.BytesIO(b"".join([*lines, good])))
+    queued = []
+    while (msg := server.jobs.get()) is not None:
+        queued.append(msg)
+    assert [m["job"] for m in queued] == ["j9"]  # only the whole job; the reader got to the end
+    bad = {"type": "job", "job": "j10", "model": "demo", "kind": "generate", "request": {"requests": "x"}}
+    server.run_job(bad)
+    assert out.messages[-1]["type"] == "failed" and out.messages[-1]["kind"] == "bad_input"

@@ -160,6 +160,14 @@ class Evidence:
         """Whether the measurement behind this evidence found ``way`` worse than base, beyond its 95% intervals."""
         return self.against_base(way) == "worse"
 
+    def not_compared(self) -> list[str]:
+        """With votes: the voted ways that were never put directly against the best one."""
+        if self.decided_by != "votes":
+            return []
+        voted = {w for v in self.votes for w in (v.a, v.b)}
+        direct = {w for v in self.votes if self.best in (v.a, v.b) for w in (v.a, v.b)}
+        return [w for w in WAYS if w in voted and w not in direct]
+
     def undistinguished(self) -> list[str]:
         """The other measured ways whose 95% interval overlaps the best way's: the measurement cannot yet tell
         them from the best."""

@@ -59,9 +59,9 @@ class ExportPlan:
         """The ComfyUI workflows (UI format, API format) that use the LoRA the way that measured best."""
         u = self.usage
         strength = 1.0
-        marked = self.evidence.strength.scale
-        if u.workflow_form == comfyui.BOTH_PASSES and marked:  # a LoraLoader graph: the best measured strength
-            strength = marked
+        if u.workflow_form == comfyui.BOTH_PASSES:  # a LoraLoader graph: the best measured strength above 0
+            measured = self.evidence.strength
+            strength = measured.scale or measured.nonzero or 1.0
         spec = comfyui.WorkflowSpec(
             ckpt_name=u.ckpt_name,
             lora_name=u.comfy_lora_name,

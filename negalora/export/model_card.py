@@ -134,11 +134,23 @@ def _lead(e: ev.Evidence, u: Usage) -> str:
             "The counts may be small; compare more prompts and seeds before you trust it either way."
         )
     close = e.undistinguished()
-    if close:
+    if close and e.decided_by == "votes":
+        way += (
+            f" It won most of its blind votes, but against {', '.join(ev.SHORT[w] for w in close)} the 95% interval "
+            "of its share still holds 50%: **not yet distinguishable**. Cast more blind votes and export again "
+            "before you trust the difference."
+        )
+    elif close:
         way += (
             f" That is the lowest measured rate, but its 95% interval overlaps that of "
             f"{', '.join(ev.SHORT[w] for w in close)}: **not yet distinguishable**. Rate more cells (or cast more "
             "blind votes) and export again before you trust the difference."
+        )
+    unmatched = e.not_compared()
+    if unmatched:
+        way += (
+            f" It was never put directly against {', '.join(ev.SHORT[w] for w in unmatched)} in a blind vote, so "
+            "that comparison is not measured."
         )
     return f"{where}\n\n{way}"
 
@@ -147,6 +159,11 @@ def _leave_out(e: ev.Evidence) -> str:
     """The caveat a usage section carries when the run measured the LoRA no better than leaving it out."""
     if e.best in (ev.NEGATIVE_PASS, ev.BOTH_PASSES):
         return ""
+    if any(w in (ev.NEGATIVE_PASS, ev.BOTH_PASSES) for w in (*e.undistinguished(), *e.not_compared())):
+        return (
+            f"This run measured no way of using the LoRA better than {ev.SHORT[e.best]}, though the differences are "
+            "not yet distinguishable: you may leave it out until more ratings say otherwise. Here is how to use it.\n\n"
+        )
     return (
         f"**This run measured no way of using the LoRA better than {ev.SHORT[e.best]}: leave it out.** "
         "Here is how, should you try it anyway.\n\n"
@@ -163,7 +180,11 @@ def _a1111(e: ev.Evidence, u: Usage, lora_name: str, token: str) -> str:
         f"On {where}, that way measured: {both}."
         + (f" **That is worse than using no LoRA at all on {where}.**" if worse else "")
         + (
-            " That is a higher rate than using no LoRA at all, though the 95% intervals overlap."
+            (
+                " It lost more blind votes against no LoRA than it won, though not beyond the 95% interval."
+                if e.decided_by == "votes"
+                else " That is a higher rate than using no LoRA at all, though the 95% intervals overlap."
+            )
             if e.against_base(ev.BOTH_PASSES) == "higher"
             else ""
         ),

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,19 +62,45 @@ def _stamp(folder: Path) -> Path:
     return folder / "negalora_demo.json"
 
 
+def _current(folder: Path, weights: str) -> bool:
+    try:
+        data = json.loads(_stamp(folder).read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("version") == DEMO_VERSION and data.get("weights") == weights
+
+
+@contextmanager
+def _folder_lock(folder: Path):
+    """One process at a time writes the folder (the ranks of a multi-process training run all load
+    the demo model at once): a second one would replace it while the first reads it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ensure_demo_folder(folder: Path) -> Path:
     """Write the demo model as a diffusers folder at ``folder`` unless a current copy is there."""
     folder = Path(folder)
-    stamp = _stamp(folder)
     weights = shipped_weights_hash()
-    if stamp.exists():
-        try:
-            data = json.loads(stamp.read_text())
-            if data.get("version") == DEMO_VERSION and data.get("weights") == weights:
-                return folder
-        except (OSError, ValueError):
-            pass
+    if _current(folder, weights):
+        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(folder):
+        if _current(folder, weights):  # another process wrote it while this one waited
+            return folder
+        return _write_demo_folder(folder, weights)
+
+
+def _write_demo_folder(folder: Path, weights: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=folder.parent))
     try:
         shutil.copytree(_shipped(), tmp, dirs_exist_ok=True)

@@ -11,6 +11,7 @@ import math
 import os
 import resource
 import secrets
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable
@@ -124,7 +125,7 @@ class _LossLog:
     def flush_quietly(self) -> None:
         try:
             self.flush()
-        except (NegaloraError, OSError):
+        except (NegaloraError, OSError, sqlite3.Error):
             pass  # the step's own error is the one to report
 
 
@@ -641,12 +642,25 @@ class Trainer:
                 norm = accelerator.clip_grad_norm_(params, config.max_grad_norm or float("inf"))  # a tensor: no sync
                 # The one host sync of a step: its loss, and whether it and the gradients are finite (a finite
                 # loss with non-finite gradients, half precision, must not reach the weights either).
-                loss_value, norm_value = torch.stack([total, norm.to(total.device).float()]).tolist()
-                finite = not anywhere(not (math.isfinite(loss_value) and math.isfinite(norm_value)))
-                if not finite:
+                parts = [total] if norm is None else [total, torch.as_tensor(norm, device=total.device).float()]
+                loss_value, *norm_value = torch.stack(parts).tolist()
+                finite = not anywhere(not all(math.isfinite(v) for v in (loss_value, *norm_value)))
+                if not finite and accelerator.scaler is not None:
+                    # fp16: the scaler skips a step with inf gradients itself and lowers its loss scale, and
+                    # it must see every step (it unscaled these gradients). An overflow with a finite loss is
+                    # its normal calibration, not a NaN to count.
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    lr_schedule.step()
+                    if math.isfinite(loss_value):
+                        self._log(self.home.runs / run_id, f"step {step}: fp16 overflow, loss scale lowered")
+                        continue
+                    nan_run += 1
+                elif not finite:
                     optimizer.zero_grad(set_to_none=True)
                     lr_schedule.step()
                     nan_run += 1
+                if not finite:
                     self._emit({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
                     self._log(self.home.runs / run_id, f"step {step}: non-finite loss or gradients, skipped")
                     if nan_run >= config.max_nan_steps:

@@ -18,11 +18,32 @@ HEADLESS = (
 
 
 def _would_use_xcb(env) -> bool:
+    """Whether Qt would open the window with xcb and nothing to fall back to."""
     platform = env.get("QT_QPA_PLATFORM", "")
     if platform:
-        return platform.split(":")[0].split(";")[0] == "xcb"
-    # with no choice made, Qt takes Wayland in a Wayland session, X11 otherwise
-    return not (env.get("WAYLAND_DISPLAY") and env.get("XDG_SESSION_TYPE", "") == "wayland")
+        return all(p.split(":")[0] == "xcb" for p in platform.split(";") if p)
+    # with no choice made, Qt 6 takes Wayland when WAYLAND_DISPLAY or XDG_SESSION_TYPE=wayland says so
+    return not (env.get("WAYLAND_DISPLAY") or env.get("XDG_SESSION_TYPE", "") == "wayland")
+
+
+def _qt_finds_it() -> bool:
+    """Qt's own xcb plugin library, loaded as Qt loads it (through its RUNPATH): where the plain
+    name cannot be found (NixOS, Guix, bundled apps), Qt may still find it."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("PySide6")
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        lib = next(iter(spec.submodule_search_locations))
+        for name in ("Qt/lib/libQt6XcbQpa.so.6", "Qt/lib/libQt6XcbQpa.so"):
+            path = os.path.join(lib, name)
+            if os.path.exists(path):
+                ctypes.CDLL(path)
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def loadable(name: str) -> bool:
@@ -34,18 +55,22 @@ def loadable(name: str) -> bool:
     return True
 
 
-def window_problem(env=None, platform: str | None = None, loadable=None) -> str | None:
-    """Why Qt could not open a window, in words with the fix; None when nothing is known to be wrong."""
+def window_problem(env=None, platform: str | None = None, loadable=None, qt_finds_it=None) -> str | None:
+    """Why Qt could not open a window, in words with the fix; None when nothing is known to be wrong
+    (``NEGALORA_NO_DISPLAY_CHECK=1`` skips the check)."""
     env = os.environ if env is None else env
     platform = sys.platform if platform is None else platform
     loadable = globals()["loadable"] if loadable is None else loadable
+    qt_finds_it = _qt_finds_it if qt_finds_it is None else qt_finds_it
     if not platform.startswith("linux"):
         return None
-    if env.get("QT_QPA_PLATFORM", "").startswith(("offscreen", "minimal", "vnc", "eglfs", "linuxfb")):
+    if env.get("NEGALORA_NO_DISPLAY_CHECK"):
         return None
+    if env.get("QT_QPA_PLATFORM") and not _would_use_xcb(env):
+        return None  # a platform the user chose: Qt reports its own problems
     if not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
         return "no display to open the window on (DISPLAY is not set); " + HEADLESS
-    if _would_use_xcb(env) and env.get("DISPLAY") and not loadable(XCB_CURSOR):
+    if _would_use_xcb(env) and env.get("DISPLAY") and not loadable(XCB_CURSOR) and not qt_finds_it():
         return (
             "Qt needs the library libxcb-cursor0 to open a window on X11, and it is not installed. Install it ("
             + INSTALL

@@ -34,7 +34,13 @@ class WorkerServer:
         for line in stream:
             if not line.strip():
                 continue
-            msg = decode(line)
+            try:
+                msg = decode(line)
+            except ValueError:
+                msg = None
+            if not isinstance(msg, dict) or ("job" not in msg and msg.get("type") in ("job", "cancel")):
+                print(f"negalora worker: ignored a malformed message: {line[:200]!r}", file=sys.stderr)
+                continue
             kind = msg.get("type")
             if kind == "job":
                 self.jobs.put(msg)
