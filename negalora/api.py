@@ -7,6 +7,7 @@ protocol import this module; only the worker renders. The names of the samplers 
 passes are here too, for the same reason.
 """
 
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -50,7 +51,7 @@ __all__ = [
 
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 4096
-MAX_BATCH = 64
+MAX_BATCH = 64  # the most images in one pipeline call: a request's and a recipe's bound
 
 # -- names: the samplers and the LoRA passes ----------------------------------------------------
 
@@ -289,7 +290,27 @@ def from_wire(cls: type, data: dict):
         raise NegaloraError(f"{cls.__name__}: {exc}") from None
 
 
-_SCALARS = {str: "text", bool: "true or false", int: "a whole number", float: "a number"}
+_KINDS = {str: "text", bool: "true or false", int: "a whole number", float: "a finite number"}
+
+
+def json_value(kind: type, value, what: str, error: type[NegaloraError] = NegaloraError):
+    """``value`` (from JSON) as ``kind``: bools are not numbers here, and a float must be finite.
+    Anything else raises ``error`` naming ``what`` (a request's field, a recipe's)."""
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is bool and type(value) is bool:
+        return value
+    if kind is int and type(value) is int:
+        return value
+    if kind is float and type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
+    elif isinstance(value, list | dict):
+        shown = f"a JSON {'list' if isinstance(value, list) else 'object'}"
+    else:
+        shown = repr(value)[:40]
+    raise error(f"{what} is {shown}, not {_KINDS.get(kind, kind.__name__)}")
 
 
 def _value(hint, value, where: str):
@@ -314,19 +335,8 @@ def _value(hint, value, where: str):
         return tuple(_value(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if is_dataclass(hint):
         return from_wire(hint, value)
-    if hint in _SCALARS:
-        ok = (
-            isinstance(value, str)
-            if hint is str
-            else type(value) is bool
-            if hint is bool
-            else type(value) is int
-            if hint is int
-            else type(value) in (int, float)
-        )
-        if not ok:
-            raise NegaloraError(f"{where}: {value!r} is not {_SCALARS[hint]}")
-        return float(value) if hint is float else value
+    if hint in (str, bool, int, float):
+        return json_value(hint, value, where)
     return value
 
 

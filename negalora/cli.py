@@ -67,7 +67,7 @@ def cmd_gui(args) -> int:
 
 def _batch_size(text: str) -> int | None:
     """``auto`` (None) or a whole number, for --batch-size."""
-    from negalora.api import MAX_BATCH
+    from negalora.api import check_batch_size
 
     if text.strip().lower() == "auto":
         return None
@@ -75,8 +75,10 @@ def _batch_size(text: str) -> int | None:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: a whole number or auto") from None
-    if not 1 <= n <= MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"{n}: must be between 1 and {MAX_BATCH}, or auto")
+    try:
+        check_batch_size(n)
+    except NegaloraError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return n
 
 

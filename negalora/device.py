@@ -86,11 +86,11 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
-def auto_batch_size(placement: Placement, width: int, height: int, unet_channels: int, free: int | None = -1) -> int:
-    """Images per pipeline call for ``batch size: auto``; 1 wherever a batch would not fit."""
+def auto_batch_size(placement: Placement, width: int, height: int, unet_channels: int, free: int | None) -> int:
+    """Images per pipeline call for ``batch size: auto``, with ``free`` bytes left on the device
+    (``free_memory``); 1 wherever a batch would not fit."""
     cells = (width // 8) * (height // 8)
     by_work = max(1, WORK_CELLS.get(placement.device.type, WORK_CELLS["cpu"]) // max(cells, 1))
-    free = free_memory(placement.device) if free == -1 else free
     if free is None:
         return 1
     per_image = cells * unet_channels * placement.dtype.itemsize * ACTIVATION_FACTOR

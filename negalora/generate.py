@@ -285,9 +285,11 @@ class Generator:
         """``wanted``, or the auto batch size for this model, device and image size."""
         if wanted is not None:
             return wanted
-        from negalora.device import auto_batch_size
+        from negalora.device import auto_batch_size, free_memory
 
-        return auto_batch_size(self.model.placement, recipe.width, recipe.height, self.model.unet_channels)
+        placement = self.model.placement
+        free = free_memory(placement.device)
+        return auto_batch_size(placement, recipe.width, recipe.height, self.model.unet_channels, free)
 
     def render_many(
         self,
@@ -333,10 +335,8 @@ class Generator:
         size, shared, length = 1, None, None
         for recipe in recipes:
             this = tuple(getattr(recipe, k) for k in BATCH_SHARED)
-            if group and (this != shared or len(group) >= size):
-                yield group
-                group = []
-            if group and self._prompt_length(recipe) != length:
+            # the prompt length last: it applies the recipe's LoRA, which must be the group's
+            if group and (this != shared or len(group) >= size or self._prompt_length(recipe) != length):
                 yield group
                 group = []
             if not group:

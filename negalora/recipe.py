@@ -1,14 +1,13 @@
 """A recipe: everything needed to make one image again, exactly."""
 
 import json
-import math
 from dataclasses import MISSING, asdict, dataclass, fields
 
 from negalora import __version__
+from negalora.api import MAX_BATCH, json_value
 from negalora.errors import NegaloraError
 
 RECIPE_FORMAT = 1
-MAX_BATCH = 64  # negalora.api's
 
 
 class BadRecipe(NegaloraError):
@@ -56,7 +55,7 @@ class Recipe:
         values = {}
         for f in fields(cls):
             if f.name in data:
-                values[f.name] = _typed(f.name, f.type, data[f.name])
+                values[f.name] = json_value(f.type, data[f.name], f"the recipe's {f.name}", BadRecipe)
             elif f.default is MISSING:
                 raise BadRecipe(f"the recipe has no {f.name}")
         size, pos = values.get("batch_size", 1), values.get("batch_pos", 0)
@@ -73,23 +72,3 @@ class Recipe:
         except ValueError as exc:
             raise BadRecipe(f"the recipe is not JSON ({str(exc)[:100]})") from None
         return cls.from_dict(data)
-
-
-_KINDS = {str: "text", int: "a whole number", float: "a finite number"}
-
-
-def _typed(name: str, kind: type, value):
-    """``value`` as the field's type; bools are not numbers here, and a float must be finite."""
-    if kind is str and isinstance(value, str):
-        return value
-    if kind is int and type(value) is int:
-        return value
-    if kind is float and type(value) in (int, float) and math.isfinite(value):
-        return float(value)
-    if isinstance(value, str):
-        shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
-    elif isinstance(value, list | dict):
-        shown = f"a JSON {'list' if isinstance(value, list) else 'object'}"
-    else:
-        shown = repr(value)[:40]
-    raise BadRecipe(f"the recipe's {name} is {shown}, not {_KINDS.get(kind, kind.__name__)}")

@@ -130,14 +130,10 @@ class Evidence:
         ``"higher"`` when only its measured rate is higher (the intervals overlap: not yet distinguishable)."""
         if self.decided_by == "votes":
             for v in self.votes:
-                if BASE in (v.a, v.b) and way in (v.a, v.b):
-                    lo, hi = wilson_interval(v.wins + 0.5 * v.ties, v.n)
-                    if v.a == BASE:  # as the share that ``way`` won
-                        lo, hi = 1 - hi, 1 - lo
-                    rate = v.rate if v.a == way else 1 - v.rate
-                    if hi < 0.5:
+                if (v.a, v.b) == (way, BASE):  # gather() orders each pair by WAYS: base is always second
+                    if wilson_interval(v.wins + 0.5 * v.ties, v.n)[1] < 0.5:
                         return "worse"
-                    return "higher" if rate < 0.5 else None
+                    return "higher" if v.rate < 0.5 else None
             return None
         mine, base = self._rate_and_interval(way), self._rate_and_interval(BASE)
         if mine is None or base is None or mine[0] <= base[0]:

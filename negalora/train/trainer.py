@@ -645,22 +645,18 @@ class Trainer:
                 parts = [total] if norm is None else [total, torch.as_tensor(norm, device=total.device).float()]
                 loss_value, *norm_value = torch.stack(parts).tolist()
                 finite = not anywhere(not all(math.isfinite(v) for v in (loss_value, *norm_value)))
-                if not finite and accelerator.scaler is not None:
-                    # fp16: the scaler skips a step with inf gradients itself and lowers its loss scale, and
-                    # it must see every step (it unscaled these gradients). An overflow with a finite loss is
-                    # its normal calibration, not a NaN to count.
-                    optimizer.step()
+                if not finite:
+                    if accelerator.scaler is not None:
+                        # fp16: the scaler skips a step with inf gradients itself and lowers its loss scale,
+                        # and it must see every step (it unscaled these gradients)
+                        optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     lr_schedule.step()
-                    if math.isfinite(loss_value):
+                    if accelerator.scaler is not None and math.isfinite(loss_value):
+                        # an overflow with a finite loss is the scaler's normal calibration, not a NaN to count
                         self._log(self.home.runs / run_id, f"step {step}: fp16 overflow, loss scale lowered")
                         continue
                     nan_run += 1
-                elif not finite:
-                    optimizer.zero_grad(set_to_none=True)
-                    lr_schedule.step()
-                    nan_run += 1
-                if not finite:
                     self._emit({"type": "nan_skip", "run": run_id, "step": step, "in_a_row": nan_run})
                     self._log(self.home.runs / run_id, f"step {step}: non-finite loss or gradients, skipped")
                     if nan_run >= config.max_nan_steps:
