@@ -44,7 +44,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from diffusers import StableDiffusionXLPipeline
-    from tests_helpers_lora import write_demo_lora
+    from helpers_lora import write_demo_lora
 
     model_loads, lora_loads = [], []
     real_load_model = loader.load_model

@@ -163,7 +163,7 @@ def store(home):
 
 @pytest.fixture(scope="module")
 def lora_file(tmp_path_factory, demo_model):
-    from tests_helpers_lora import write_demo_lora
+    from helpers_lora import write_demo_lora
 
     return write_demo_lora(demo_model.pipe, tmp_path_factory.mktemp("lora") / "wrong.safetensors")
 

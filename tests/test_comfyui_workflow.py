@@ -5,7 +5,7 @@ API files describing one graph, and where the LoRA reaches the sampler."""
 import json
 
 import pytest
-from comfyui_check import FIXTURE, check_api, check_ui, lora_reaches_only_the_negative, same_graph, sampler, upstream
+from helpers_comfyui import FIXTURE, check_api, check_ui, lora_reaches_only_the_negative, same_graph, sampler, upstream
 
 from negalora.export import comfyui
 from negalora.schedulers import SCHEDULERS

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests_helpers_lora import write_demo_lora
+from helpers_lora import write_demo_lora
 
 from negalora.cancel import CancelToken
 from negalora.compare.runner import CompareRequest, resolve_lora, run_comparison

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from PIL import Image
-from tests_helpers_lora import write_demo_lora
+from helpers_lora import write_demo_lora
 
 
 def test_compare_json_lists_every_cell_and_writes_the_grid(cli, home, demo_model, tmp_path):

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from export_helpers import seed_rejects, train
+from helpers_export import seed_rejects, train
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from comfyui_check import check_api, check_ui, lora_reaches_only_the_negative, same_graph, sampler
-from export_helpers import seed_rejects, train
+from helpers_comfyui import check_api, check_ui, lora_reaches_only_the_negative, same_graph, sampler
+from helpers_export import seed_rejects, train
 from PIL import Image
 
 from negalora.compare.runner import CompareRequest, run_comparison

@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from tests_helpers_lora import write_demo_lora
+from helpers_lora import write_demo_lora
 
 from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError

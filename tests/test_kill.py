@@ -29,7 +29,7 @@ from negalora.store.health import check_file
 from negalora.store.reconcile import reconcile
 
 ROOT = Path(__file__).resolve().parent.parent
-CHILD = Path(__file__).resolve().parent / "kill_child.py"
+CHILD = Path(__file__).resolve().parent / "helpers_kill_child.py"
 STORE_TRIALS = int(os.environ.get("NEGALORA_KILL_TRIALS", "45"))
 
 
@@ -207,7 +207,7 @@ def test_generation_and_rating_killed_in_process_and_through_the_cli(tmp_path):
 
 @pytest.fixture
 def trained_home(tmp_path):
-    from tests_helpers_train import seed_rejects
+    from helpers_train import seed_rejects
 
     home = Home(tmp_path / "home")
     seed_rejects(home, 4)

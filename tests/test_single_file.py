@@ -21,7 +21,7 @@ from negalora.models.tokenizer import PAD_CLIP_L, PAD_OPENCLIP, clip_tokenizer
 from negalora.resources import SDXL_BASE_CONFIG, SDXL_REFINER_CONFIG
 
 try:  # tests/ as a package or as a plain directory on sys.path
-    from tests.sdxl_single_file import (
+    from tests.helpers_sdxl_single_file import (
         OPEN_CLIP_PREFIX,
         convert_clip_l_to_original,
         convert_open_clip_to_original,
@@ -30,7 +30,7 @@ try:  # tests/ as a package or as a plain directory on sys.path
         write_original_sdxl_checkpoint,
     )
 except ImportError:
-    from sdxl_single_file import (
+    from helpers_sdxl_single_file import (
         OPEN_CLIP_PREFIX,
         convert_clip_l_to_original,
         convert_open_clip_to_original,

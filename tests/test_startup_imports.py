@@ -77,7 +77,7 @@ def test_non_rendering_commands_never_import_torch(tmp_path):
 
 
 def test_the_window_paints_without_torch(tmp_path):
-    from ui_helpers import seed_home
+    from helpers_ui import seed_home
 
     from negalora.home import Home
 

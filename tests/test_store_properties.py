@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from store_helpers import generated_png, pixels
+from helpers_store import generated_png, pixels
 
 from negalora.home import Home
 from negalora.importing import import_files

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from store_helpers import add_generated, generated_png, pixels
+from helpers_store import add_generated, generated_png, pixels
 
 from negalora import faults
 from negalora.errors import DatabaseDamaged, DiskFull, NegaloraError

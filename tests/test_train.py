@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tests_helpers_train import seed_rejects as _seed_rejects
+from helpers_train import seed_rejects as _seed_rejects
 
 from negalora.cancel import CancelToken
 from negalora.device import choose_placement
@@ -382,7 +382,7 @@ def test_bf16_training_leaves_generation_as_it_was(home):
 
 
 def test_a_lora_left_from_generation_is_taken_off_before_training(home, tmp_path):
-    from tests_helpers_lora import write_demo_lora
+    from helpers_lora import write_demo_lora
 
     store = _seed_rejects(home, 4)
     model = _model(home)

@@ -5,7 +5,7 @@ import random
 
 import pytest
 from PySide6.QtCore import Qt
-from tests_helpers_lora import write_demo_lora
+from helpers_lora import write_demo_lora
 
 from negalora.compare.runner import CompareRequest, run_comparison
 from negalora.store import Store

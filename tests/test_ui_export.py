@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from export_helpers import seed_rejects, train
+from helpers_export import seed_rejects, train
 from PySide6.QtCore import Qt
 from safetensors import safe_open
 

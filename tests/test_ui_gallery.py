@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
-from ui_helpers import seed_home
+from helpers_ui import seed_home
 
 from negalora.store import Store
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 from PySide6.QtCore import Qt
-from ui_helpers import seed_home
+from helpers_ui import seed_home
 
 from negalora.generate import GenerateRequest
 from negalora.store import Store

@@ -6,7 +6,6 @@ import sqlite3
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -17,16 +16,13 @@ from negalora.errors import DatabaseDamaged, DiskFull, NegaloraError
 from negalora.home import Home
 from negalora.recipe import Recipe
 from negalora.store import backups as backup_files
+from negalora.store.clock import now
 from negalora.store.evaluation import EvaluationTables
 from negalora.store.files import content_path, store_bytes
 from negalora.store.health import check_file
 from negalora.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 VERDICTS = ("reject", "pick")
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,12 @@ class Store(EvaluationTables):
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @contextmanager
     def _write(self):

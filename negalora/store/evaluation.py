@@ -5,12 +5,7 @@ import json
 from pathlib import Path
 
 from negalora.errors import NegaloraError
-
-
-def _now() -> str:
-    from negalora.store.db import now
-
-    return now()
+from negalora.store.clock import now as _now
 
 
 class EvaluationTables:

@@ -1,10 +1,10 @@
 """A writer for the kill tests: it works on a home until it is killed, and says on stdout what
 it is about to do ("begin") and what it has done ("ok"), one JSON line each, flushed.
 
-    python tests/kill_child.py store HOME SEED      # generate, import, rate, undo, delete, back up (no model)
-    python tests/kill_child.py generate HOME SEED   # render with the demo model, rate each image
-    python tests/kill_child.py train HOME SEED      # the trainer, called directly (24 steps, as the CLI test)
-    python tests/kill_child.py export HOME RUN OUT  # export_lora, called directly (kohya, no reload check)
+    python tests/helpers_kill_child.py store HOME SEED      # generate, import, rate, undo, delete, back up (no model)
+    python tests/helpers_kill_child.py generate HOME SEED   # render with the demo model, rate each image
+    python tests/helpers_kill_child.py train HOME SEED      # the trainer, called directly (24 steps, as the CLI test)
+    python tests/helpers_kill_child.py export HOME RUN OUT  # export_lora, called directly (kohya, no reload check)
 """
 
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from store_helpers import generated_png, pixels  # noqa: E402
+from helpers_store import generated_png, pixels  # noqa: E402
 
 from negalora.home import Home  # noqa: E402
 from negalora.importing import import_files  # noqa: E402
