@@ -48,7 +48,7 @@ def measure_stall(app, home: Home, images: int) -> dict:
     window.show_page("gallery")
     wait(app, lambda: window.jobs.state == "idle" and window.model_label.text() != "model: –", 180)
     done = []
-    window.jobs.event.connect(lambda e: done.append(e) if e["type"] in ("finished", "failed") else None)
+    window.jobs.job_event.connect(lambda e: done.append(e) if e["type"] in ("finished", "failed") else None)
     clock = QElapsedTimer()
     gaps = []
     last = [0]

@@ -1,6 +1,8 @@
 """negalora: train a "wrong" LoRA from the images you reject, and prove it helps."""
 
-__version__ = "0.1.0"
+from negalora.version import __version__
+
+__all__ = ["__version__", "negative_pass"]
 
 
 def __getattr__(name: str):

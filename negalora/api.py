@@ -13,10 +13,12 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from negalora import checkpoint_kind as ck
 from negalora.errors import NegaloraError
-from negalora.models import checkpoint_kind as ck
 from negalora.prompt_syntax import check_prompt
 from negalora.train.config import TrainConfig
+
+_T = typing.TypeVar("_T")
 
 __all__ = [
     "BOTH",
@@ -155,7 +157,8 @@ def check_request(request: GenerateRequest) -> None:
     if not (0 <= request.guidance <= 50):
         raise NegaloraError(f"guidance {request.guidance}: must be between 0 and 50")
     if request.width is not None or request.height is not None:
-        check_size(request.width or request.height, request.height or request.width)
+        side = request.width or request.height or 0
+        check_size(request.width or side, request.height or side)
     if not (0 < request.refiner_switch < 1):
         raise NegaloraError(f"refiner switch {request.refiner_switch}: must be between 0 and 1")
     if request.seed is not None and not (0 <= request.seed <= MAX_SEED):
@@ -268,14 +271,14 @@ def to_wire(request) -> dict:
     return out
 
 
-def from_wire(cls: type, data: dict):
+def from_wire(cls: type[_T], data: dict) -> _T:
     """The request of type ``cls`` that ``to_wire`` made ``data`` of; names an unknown or missing field."""
     if not isinstance(data, dict):
         raise NegaloraError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
     if cls is TrainConfig:
-        return TrainConfig.from_dict(data)  # its own rules: a stored run's older config keeps working
+        return typing.cast(_T, TrainConfig.from_dict(data))  # its own rules: a stored run's older config keeps working
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(typing.cast(typing.Any, cls))}
     unknown = sorted(set(data) - known)
     if unknown:
         raise NegaloraError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
@@ -333,7 +336,7 @@ def _value(hint, value, where: str):
             raise NegaloraError(f"{where}: expected a list, got {type(value).__name__}")
         (item, *_rest) = typing.get_args(hint)
         return tuple(_value(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if is_dataclass(hint):
+    if isinstance(hint, type) and is_dataclass(hint):
         return from_wire(hint, value)
     if hint in (str, bool, int, float):
         return json_value(hint, value, where)
@@ -348,7 +351,10 @@ def job_message(job_id: str, model: str, request) -> dict:
     return {"type": "job", "job": job_id, "model": model, "kind": kind, "request": to_wire(request)}
 
 
-def request_of(message: dict):
+Request = GenerateJob | CompareRequest | TrainRequest | ExportRequest
+
+
+def request_of(message: dict) -> Request:
     """The request a job message carries."""
     kind = message.get("kind")
     if kind not in JOB_KINDS:

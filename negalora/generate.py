@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,7 @@ from negalora.pngmeta import png_bytes
 from negalora.prompts import Conditioner, Conditioning, RefinerConditioner
 from negalora.recipe import Recipe
 from negalora.schedulers import canonical_name, make_scheduler
-from negalora.store import Store
-from negalora.store.db import StoredImage
+from negalora.store import Store, StoredImage
 
 LORA_ADAPTER = "negalora_lora"
 
@@ -68,7 +68,7 @@ class Generator:
 
     model: LoadedModel
     hashes: HashCache | None = None
-    _conditioner: Conditioner | None = field(default=None, init=False)
+    _conditioner: Conditioner = field(init=False)
     _refiner_conditioner: RefinerConditioner | None = field(default=None, init=False)
     _lora: _LoraState = field(default_factory=_LoraState, init=False)
     _schedulers: dict = field(default_factory=dict, init=False)
@@ -240,7 +240,7 @@ class Generator:
             raise NegaloraError("prompts of different token lengths cannot share a batch")
         done = 0
 
-        def step_end(_pipe, _i, _t, kwargs):
+        def step_end(_pipe: Any, _i: int, _t: Any, kwargs: dict) -> dict:
             nonlocal done
             done += 1
             faults.inject("generate_step")
@@ -260,14 +260,15 @@ class Generator:
                 width=first.width,
                 height=first.height,
                 generator=generators,
-                callback_on_step_end=step_end,
+                callback_on_step_end=step_end,  # pyright: ignore[reportArgumentType] (diffusers types it (int, int) -> None; it calls (pipe, step, t, kwargs))
                 denoising_end=first.refiner_switch if use_refiner else None,
                 output_type="latent" if use_refiner else "np",
-            ).images
-        if use_refiner:
-            refiner = self.model.refiner
+            )
+        out = _images_of(out)
+        refiner, rcond = self.model.refiner, self._refiner_conditioner
+        if use_refiner and refiner is not None and rcond is not None:
             refiner.scheduler = make_scheduler(first.scheduler, dict(refiner.scheduler.config))
-            rconds = [self._refiner_conditioner.encode(r.prompt, r.negative) for r in recipes]
+            rconds = [rcond.encode(r.prompt, r.negative) for r in recipes]
             with _vae_slicing(refiner, len(recipes), first.width * first.height):
                 out = refiner(
                     **_stacked(rconds),
@@ -276,9 +277,10 @@ class Generator:
                     denoising_start=first.refiner_switch,
                     guidance_scale=first.guidance,
                     generator=generators,
-                    callback_on_step_end=step_end,
+                    callback_on_step_end=step_end,  # pyright: ignore[reportArgumentType] (as above)
                     output_type="np",
-                ).images
+                )
+            out = _images_of(out)
         return _to_images(out[: len(recipes)])
 
     def batch_size_for(self, recipe: Recipe, wanted: int | None) -> int:
@@ -322,7 +324,8 @@ class Generator:
                 on_progress(Progress(index, total, 0, group[0].steps, n))
 
             def step(s, i=index, steps=group[0].steps, n=n):
-                on_progress(Progress(i, total, min(s, steps), steps, n))
+                if on_progress is not None:
+                    on_progress(Progress(i, total, min(s, steps), steps, n))
 
             images = self.render_batch(group, step if on_progress else None, cancel)
             yield list(zip(group, images, strict=True))
@@ -382,6 +385,11 @@ def _stacked(conds: list[Conditioning]) -> dict:
 
 
 SLICE_PIXELS = 1024 * 1024  # a batch of more pixels than one SDXL image decodes one image at a time
+
+
+def _images_of(output: Any):
+    """A pipeline call's images (diffusers types the call as its output class or a tuple)."""
+    return output.images
 
 
 @contextmanager

@@ -4,8 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from negalora.image_files import IMAGE_SUFFIXES, ImageRefused, probe
-from negalora.store import Store
-from negalora.store.db import StoredImage
+from negalora.store import Store, StoredImage
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,6 @@ def expand_paths(paths: list[Path]) -> tuple[list[Path], list[Refused]]:
     return files, refused
 
 
-def probe_image(path: Path) -> tuple[int, int]:
-    """Fully decode an allowed image (so truncated files fail here) and return its size; refuses bombs,
-    and formats off the allow-list (PSD, EPS, PDF, ...) even when renamed, with ImageRefused."""
-    return probe(path)
-
-
 def import_files(
     store: Store, paths: list[Path], *, reject: bool = False, reasons: tuple[str, ...] = ()
 ) -> tuple[list[StoredImage], list[Refused]]:
@@ -41,7 +34,7 @@ def import_files(
     done: list[StoredImage] = []
     for f in files:
         try:
-            width, height = probe_image(f)
+            width, height = probe(f)  # decodes all of it: truncated files, bombs, PSD renamed .png fail
             data = f.read_bytes()
         except ImageRefused as exc:
             refused.append(Refused(f, exc.reason))

@@ -13,6 +13,7 @@ pass is applied; the names are ``negalora.api``'s.
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from negalora.api import BOTH, DEFAULT, LORA_PASSES, NEGATIVE, check_lora_passes
 from negalora.api import LORA_PASS_DESCRIPTIONS as DESCRIPTIONS
@@ -20,7 +21,7 @@ from negalora.api import LORA_PASS_DESCRIPTIONS as DESCRIPTIONS
 __all__ = ["BOTH", "DEFAULT", "DESCRIPTIONS", "LORA_PASSES", "NEGATIVE", "check_lora_passes", "negative_pass"]
 
 
-def _half(value, n: int, second: bool):
+def _half(value: Any, n: int, second: bool) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == 2 * n:

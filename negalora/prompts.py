@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from compel import CompelForSDXL
 
+from negalora.errors import NegaloraError
 from negalora.prompt_syntax import check_prompt
 
 __all__ = ["Conditioner", "Conditioning", "RefinerConditioner", "check_prompt"]
@@ -66,11 +67,13 @@ class Conditioner:
         check_prompt(prompt)
         check_prompt(negative)
         out = self._compel(prompt, negative_prompt=negative)
-        neg, neg_pooled = out.negative_embeds, out.negative_pooled_embeds
+        pooled, neg, neg_pooled = out.pooled_embeds, out.negative_embeds, out.negative_pooled_embeds
+        if pooled is None or neg is None or neg_pooled is None:  # compel built without requires_pooled
+            raise NegaloraError("compel returned no pooled or negative embeddings")
         if not negative and self._pipe.config.get("force_zeros_for_empty_prompt", False):
             # As the SDXL pipeline does for an empty negative prompt.
-            neg, neg_pooled = torch.zeros_like(out.embeds), torch.zeros_like(out.pooled_embeds)
-        cond = Conditioning(out.embeds, out.pooled_embeds, neg, neg_pooled)
+            neg, neg_pooled = torch.zeros_like(out.embeds), torch.zeros_like(pooled)
+        cond = Conditioning(out.embeds, pooled, neg, neg_pooled)
         self._cache[key] = cond
         self._held += cond.nbytes
         while self._held > self._cache_bytes and len(self._cache) > 1:  # the newest always stays
@@ -101,7 +104,14 @@ class RefinerConditioner:
     def encode(self, prompt: str, negative: str = "") -> Conditioning:
         check_prompt(prompt)
         check_prompt(negative)
-        embeds, pooled = self._compel(prompt)
-        neg, neg_pooled = self._compel(negative)
+        embeds, pooled = _with_pooled(self._compel(prompt))
+        neg, neg_pooled = _with_pooled(self._compel(negative))
         embeds, neg = self._compel.pad_conditioning_tensors_to_same_length([embeds, neg])
         return Conditioning(embeds, pooled, neg, neg_pooled)
+
+
+def _with_pooled(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings, pooled) from a Compel built with ``requires_pooled``."""
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], torch.Tensor)):
+        raise NegaloraError("compel returned no pooled embeddings")
+    return out[0], out[1]

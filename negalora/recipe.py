@@ -1,11 +1,12 @@
 """A recipe: everything needed to make one image again, exactly."""
 
 import json
+import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 
-from negalora import __version__
 from negalora.api import MAX_BATCH, json_value
 from negalora.errors import NegaloraError
+from negalora.version import __version__
 
 RECIPE_FORMAT = 1
 
@@ -55,7 +56,9 @@ class Recipe:
         values = {}
         for f in fields(cls):
             if f.name in data:
-                values[f.name] = json_value(f.type, data[f.name], f"the recipe's {f.name}", BadRecipe)
+                values[f.name] = json_value(
+                    typing.cast(type, f.type), data[f.name], f"the recipe's {f.name}", BadRecipe
+                )
             elif f.default is MISSING:
                 raise BadRecipe(f"the recipe has no {f.name}")
         size, pos = values.get("batch_size", 1), values.get("batch_pos", 0)

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from helpers_lora import write_demo_lora
+from PIL import Image
 
 from negalora.cancel import CancelToken
 from negalora.compare.runner import CompareRequest, resolve_lora, run_comparison

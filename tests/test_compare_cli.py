@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from PIL import Image
 from helpers_lora import write_demo_lora
+from PIL import Image
 
 
 def test_compare_json_lists_every_cell_and_writes_the_grid(cli, home, demo_model, tmp_path):

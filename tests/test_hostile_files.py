@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
+from negalora import checkpoint_kind as ck
 from negalora.device import choose_placement
 from negalora.errors import NegaloraError
 from negalora.export.source import ExportSource, read_checkpoint
@@ -28,7 +29,6 @@ from negalora.generate import check_lora_file, regenerate
 from negalora.hashing import sha256_file
 from negalora.home import Home
 from negalora.importing import import_files
-from negalora.models import checkpoint_kind as ck
 from negalora.models.demo import ensure_demo_folder
 from negalora.models.loader import load_model
 from negalora.pngmeta import (

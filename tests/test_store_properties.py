@@ -5,10 +5,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from helpers_store import generated_png, pixels
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from helpers_store import generated_png, pixels
 
 from negalora.home import Home
 from negalora.importing import import_files

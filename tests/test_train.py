@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_train import seed_rejects as _seed_rejects
 from PIL import Image
 from safetensors.torch import load_file
-from helpers_train import seed_rejects as _seed_rejects
 
 from negalora.cancel import CancelToken
 from negalora.device import choose_placement

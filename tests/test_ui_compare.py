@@ -4,8 +4,8 @@ import json
 import random
 
 import pytest
-from PySide6.QtCore import Qt
 from helpers_lora import write_demo_lora
+from PySide6.QtCore import Qt
 
 from negalora.compare.runner import CompareRequest, run_comparison
 from negalora.store import Store
@@ -84,7 +84,7 @@ def test_request_from_the_page(page):
     assert (request.kind, request.scales, request.lora, request.step) == ("scale_sweep", (0.0, 0.5, 1.0), RUN, 30)
     assert request.lora_passes == "both"
     seen = []
-    page.render.connect(seen.append)
+    page.render_requested.connect(seen.append)
     page.seeds.setText("1, x")
     page.go.click()
     assert not seen and "seeds" in page.progress_label.text()
@@ -142,7 +142,7 @@ def test_blind_vote_with_the_keyboard(qtbot, store, compared_home):
     assert {(r["a_label"], r["b_label"], r["step"]) for r in rows} == {
         ("LoRA 1 on negative pass", "negative: wrong", 30)
     }
-    assert "beats negative: wrong" in dialog.result.text() and "95% CI" in dialog.result.text()
+    assert "beats negative: wrong" in dialog.outcome.text() and "95% CI" in dialog.outcome.text()
     qtbot.keyClick(dialog, Qt.Key.Key_Left)  # nothing left to vote on
     assert len(store.votes(RUN)) == before + 6
 
@@ -166,7 +166,7 @@ def test_a_finished_training_run_renders_the_test_set_in_the_worker(window, qtbo
     page.store.save_prompt_set("default", ["a red circle"], [1, 2])
     before = page.comparison["id"]
     seen = []
-    window.jobs.event.connect(seen.append)
+    window.jobs.job_event.connect(seen.append)
     window._train_event({"type": "finished", "job": "t", "status": "done", "run": RUN})
     assert window._compare_job is not None and not page.go.isEnabled()
     qtbot.waitUntil(lambda: window._compare_job is None, timeout=LONG)

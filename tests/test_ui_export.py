@@ -37,7 +37,7 @@ def test_export_page_previews_the_metadata_and_exports_through_the_worker(qtbot,
     assert page.dest.text().startswith(str(home.exports / "my-wrong.safetensors"))
     qtbot.waitUntil(lambda: window.jobs.state == "idle" and window.model_label.text() == "model: demo", timeout=LONG)
     seen = []
-    window.jobs.event.connect(seen.append)
+    window.jobs.job_event.connect(seen.append)
     qtbot.mouseClick(page.export_button, Qt.MouseButton.LeftButton)
     assert not page.export_button.isEnabled()
     qtbot.waitUntil(lambda: any(e["type"] in ("finished", "failed") for e in seen), timeout=LONG)

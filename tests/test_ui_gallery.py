@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_ui import seed_home
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
-from helpers_ui import seed_home
 
 from negalora.store import Store
 

@@ -4,8 +4,8 @@ import os
 import time
 
 import pytest
-from PySide6.QtCore import Qt
 from helpers_ui import seed_home
+from PySide6.QtCore import Qt
 
 from negalora.generate import GenerateRequest
 from negalora.store import Store
@@ -33,7 +33,7 @@ def window(qtbot, home):
 
 def _events(window):
     seen = []
-    window.jobs.event.connect(seen.append)
+    window.jobs.job_event.connect(seen.append)
     return seen
 
 

@@ -20,11 +20,12 @@ TEXT = (230, 230, 235)
 MUTED = (150, 150, 160)
 
 
-def _font(size: int):
+def _font(size: int) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, int]:
+    """The default font at ``size`` px, and the size it really has."""
     try:
-        return ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=size), size
     except TypeError:  # a Pillow without FreeType: the bitmap font
-        return ImageFont.load_default()
+        return ImageFont.load_default(), 11
 
 
 def upscale_factor(width: int, height: int) -> int:
@@ -39,30 +40,30 @@ def render_grid(
     factor = upscale_factor(first.width, first.height)
     cw, ch = first.width * factor, first.height * factor
     pad = 8
-    header_font, label_font = _font(max(14, cw // 16)), _font(max(12, cw // 20))
-    header_h = header_font.size * 3 + pad
+    (header_font, header_size), (label_font, label_size) = _font(max(14, cw // 16)), _font(max(12, cw // 20))
+    header_h = header_size * 3 + pad
     label_w = max(160, cw // 2 + 40)
     width = label_w + len(column_labels) * (cw + pad) + pad
     height = header_h + len(cells) * (ch + pad) + pad
     grid = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(grid)
-    chars_per_line = max(8, int(cw / (header_font.size * 0.55)))
+    chars_per_line = max(8, int(cw / (header_size * 0.55)))
     for c, label in enumerate(column_labels):
         x = label_w + c * (cw + pad)
         text = "\n".join(textwrap.wrap(label, chars_per_line)[:2])
         draw.multiline_text((x, pad), text, fill=TEXT, font=header_font, spacing=2)
-    label_chars = max(8, int((label_w - 2 * pad) / (label_font.size * 0.55)))
+    label_chars = max(8, int((label_w - 2 * pad) / (label_size * 0.55)))
     for r, row in enumerate(cells):
         y = header_h + r * (ch + pad)
         prompt, seed = row_labels[r]
-        lines = textwrap.wrap(prompt, label_chars)[: max(1, ch // (label_font.size + 4) - 2)]
+        lines = textwrap.wrap(prompt, label_chars)[: max(1, ch // (label_size + 4) - 2)]
         draw.multiline_text((pad, y), "\n".join(lines), fill=TEXT, font=label_font, spacing=4)
-        draw.text((pad, y + ch - label_font.size - 4), f"seed {seed}", fill=MUTED, font=label_font)
+        draw.text((pad, y + ch - label_size - 4), f"seed {seed}", fill=MUTED, font=label_font)
         for c, cell in enumerate(row):
             x = label_w + c * (cw + pad)
             img = cell.convert("RGB")
             if factor > 1:
-                img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+                img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
             grid.paste(img, (x, y))
     return grid, factor
 

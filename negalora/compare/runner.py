@@ -5,6 +5,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from negalora.api import CHECKPOINT_SWEEP, DEFAULT_SCALES, KINDS, SCALE_SWEEP, THREE_WAY, CompareRequest
 from negalora.atomic import atomic_write_bytes
 from negalora.cancel import CancelToken
@@ -16,8 +18,7 @@ from negalora.generate import GenerateRequest, Generator
 from negalora.lora_passes import check_lora_passes
 from negalora.pngmeta import png_bytes
 from negalora.recipe import Recipe
-from negalora.store import Store
-from negalora.store.db import StoredImage
+from negalora.store import Store, StoredImage
 
 MAX_CELLS = 2000
 # the request and its kinds live in negalora.api (torch-free); importable from here as before
@@ -65,7 +66,7 @@ def resolve_lora(store: Store, lora: str, step: int | None = None) -> LoraSource
             kept = ", ".join(str(s) for s, _ in checkpoints)
             raise NegaloraError(f"run {lora}: no kept checkpoint at step {step} (kept: {kept})")
         wanted = None  # the best one was pruned: fall back to the last
-    if wanted is None:
+    if wanted is None or chosen is None:
         wanted, chosen = checkpoints[-1]
     return LoraSource(chosen, run_id=lora, step=wanted, checkpoints=checkpoints)
 
@@ -213,7 +214,7 @@ def run_comparison(
     result = ComparisonResult(comparison_id, "running", columns, rows, recipes, [[None] * len(columns) for _ in rows])
     if on_planned is not None:
         on_planned(result)
-    images = [[None] * len(columns) for _ in rows]
+    images: list[list[Image.Image]] = [[] for _ in rows]  # filled column by column: images[r][c]
     total = len(rows) * len(columns)
     index = 0
     try:
@@ -221,7 +222,8 @@ def run_comparison(
             base = index
 
             def progress(p, base=base):
-                on_progress(CompareProgress(base + p.image_index, total, p.step, p.steps, p.batch))
+                if on_progress is not None:
+                    on_progress(CompareProgress(base + p.image_index, total, p.step, p.steps, p.batch))
 
             column = [recipes[r][c] for r in range(len(rows))]
             made = generator.render_many(column, request.batch_size, progress if on_progress else None, cancel)
@@ -229,7 +231,8 @@ def run_comparison(
                 recipes[r][c] = recipe  # as rendered: with the batch it was made in
                 stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
                 store.add_comparison_cell(comparison_id, r, c, stored.id)
-                images[r][c], result.cells[r][c] = image, stored
+                images[r].append(image)
+                result.cells[r][c] = stored
                 index += 1
                 if on_cell is not None:
                     on_cell(r, c, stored)
@@ -249,7 +252,7 @@ def run_comparison(
         "columns": [c.to_dict() for c in columns],
         "rows": [{"prompt": p, "seed": s} for p, s in rows],
         "cell_upscale": factor,
-        "cells": [[result.cells[r][c].id for c in range(len(columns))] for r in range(len(rows))],
+        "cells": [[cell.id if cell else None for cell in row] for row in result.cells],
         "recipes": [[recipes[r][c].to_json() for c in range(len(columns))] for r in range(len(rows))],
     }
     grid_path = store.home.comparisons / f"{comparison_id:06d}" / "grid.png"

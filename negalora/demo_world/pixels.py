@@ -44,7 +44,11 @@ def box_mean(values: np.ndarray, radius: int) -> np.ndarray:
     h, w = values.shape
     side = 2 * radius + 1
     padded = np.pad(values, radius, mode="edge")
-    return sum(padded[dy : dy + h, dx : dx + w] for dy in range(side) for dx in range(side)) / side**2
+    total = np.zeros_like(values)
+    for dy in range(side):
+        for dx in range(side):
+            total += padded[dy : dy + h, dx : dx + w]
+    return total / side**2
 
 
 def dilate(mask: np.ndarray, radius: int = 1) -> np.ndarray:

@@ -12,6 +12,9 @@ mentions, so the trained model makes such defects too: the "wrong" LoRA's reason
 The work folder keeps a checkpoint every few hundred steps; running the same command again
 continues where it stopped. Weights are saved in fp16.
 """
+# diffusers annotates its constructors' tuple arguments as one-element tuples (tuple[int]) and a
+# pipeline's scheduler as an enum; the calls here are the documented ones.
+# pyright: reportArgumentType=false
 
 import argparse
 import json

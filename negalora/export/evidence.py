@@ -112,7 +112,7 @@ class Evidence:
     votes: list[VoteTally]
     strength: Strength
     decided_by: str  # ratings | votes | demo_world
-    demo: dict = field(default_factory=dict)  # way -> (defective, n, shape %) when source is demo_world
+    demo: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # way -> (defective, n, shape %)
 
     def _rate_and_interval(self, way: str) -> tuple[float, float, float] | None:
         if self.source == "demo_world":
@@ -121,9 +121,10 @@ class Evidence:
             bad, n, _ = self.demo[way]
             return (bad / n, *wilson_interval(bad, n))
         tally = self.ways.get(way)
-        if not tally or not tally.rated:
+        rate = tally.reject_rate if tally else None
+        if tally is None or rate is None:
             return None
-        return (tally.reject_rate, *tally.interval())
+        return (rate, *tally.interval())
 
     def against_base(self, way: str) -> str | None:
         """``"worse"`` when the measurement found ``way`` worse than base with 95% intervals apart,
@@ -142,7 +143,7 @@ class Evidence:
             return "worse"  # more defects beyond the intervals, or as many and the asked shape less often
         return "higher"
 
-    def shape_below_base(self, way: str) -> tuple[int, int] | None:
+    def shape_below_base(self, way: str) -> tuple[float, float] | None:
         """(shape %, base's shape %) where the demo world found ``way`` drawing the asked shape less often
         than base, beyond the 95% intervals."""
         if self.source != "demo_world" or way == BASE or way not in self.demo or BASE not in self.demo:
@@ -275,7 +276,7 @@ def gather(store, run_id: str, step: int) -> Evidence:
     if votes:
         best = _best_by_votes(list(votes.values()))
         return Evidence("run", best, ways, list(votes.values()), strength, "votes")
-    demo = {way: row[1:] for way, row in published.ROWS.items()}
+    demo: dict[str, tuple[int, int, float]] = {way: (row[1], row[2], row[3]) for way, row in published.ROWS.items()}
     best = min(demo, key=lambda w: (demo[w][0] / demo[w][1], WAYS.index(w)))
     return Evidence("demo_world", best, ways, [], strength, "demo_world", demo)
 

@@ -300,7 +300,7 @@ def run_export(
         stage("reading_back", "Reading the written file back")
         _read_back(temps[0], plan)
         verification = {"verified": False, "reason": "--no-verify"}
-        if request.verify:
+        if request.verify and generator is not None:  # checked above
             from negalora.export.verify import verify_export
 
             stage("verifying", "Reloading it with diffusers and rendering a test image")

@@ -20,9 +20,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from negalora import __version__
 from negalora.export.source import ExportSource
 from negalora.export.writer import serialize, tensor_data
+from negalora.version import __version__
 
 BASE_MODEL_VERSION = "sdxl_base_v1-0"
 ARCHITECTURE = "stable-diffusion-xl-v1-base/lora"  # as kohya writes it for SDXL LoRAs

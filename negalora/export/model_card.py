@@ -194,7 +194,7 @@ def _a1111(e: ev.Evidence, u: Usage, lora_name: str, token: str) -> str:
         lines.append(
             f"Best fallback: strength **{s.scale:g}**, the one you marked best (`negalora mark-best --scale`)."
         )
-    elif s.how == "sweep":
+    elif s.how == "sweep" and s.scale is not None:
         tally = s.sweep[s.scale]
         lines.append(
             f"Best fallback: strength **{s.scale:g}**, the best of this run's strength sweep on both passes "

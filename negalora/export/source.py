@@ -39,7 +39,9 @@ def find_source(store, run_id: str, step: int | None = None) -> ExportSource:
         raise NegaloraError(f"run {run_id}: has no checkpoint to export (train it first)")
     best = run.get("best_step")
     if step is None:
-        step = best if best is not None and any(c["step"] == best for c in checkpoints) else checkpoints[-1]["step"]
+        step = int(
+            best if best is not None and any(c["step"] == best for c in checkpoints) else checkpoints[-1]["step"]
+        )
     chosen = [c for c in checkpoints if c["step"] == step]
     if not chosen:
         kept = ", ".join(str(c["step"]) for c in checkpoints)

@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,14 +83,15 @@ def _compare_modules(pipe, path: Path, modules_in_file: int) -> tuple[int, float
         )
     worst = 0.0
     for mods in check.values():
-        for module in mods.values():
+        for found in mods.values():
+            module: Any = found  # a peft LoRA layer (torch types it Module)
             for part in ("lora_A", "lora_B"):
                 ref = getattr(module, part)[LORA_ADAPTER].weight.detach()
                 got = getattr(module, part)[CHECK_ADAPTER].weight.detach()
                 worst = max(worst, float((ref.float() - got.float()).abs().max()))
             # alpha / rank, not ``scaling``: set_adapters() multiplies the strength into that
             ref_scale = module.lora_alpha[LORA_ADAPTER] / module.r[LORA_ADAPTER]
-            worst = max(worst, abs(ref_scale - module.lora_alpha[CHECK_ADAPTER] / module.r[CHECK_ADAPTER]))
+            worst = max(worst, float(abs(ref_scale - module.lora_alpha[CHECK_ADAPTER] / module.r[CHECK_ADAPTER])))
     if worst > MAX_WEIGHT_DIFF:
         raise NegaloraError(f"{path}: reloaded LoRA weights or scales differ from the checkpoint's by {worst:.3g}")
     return loaded, worst

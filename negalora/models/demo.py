@@ -7,6 +7,9 @@ defects that no prompt mentions. The weights ship in ``resources/demo_model`` (f
 ``python -m negalora.demo_world.pretrain``); the tokenizers come from ``resources/clip_tokenizer``.
 ``ensure_demo_folder`` assembles both into a standard diffusers folder.
 """
+# diffusers annotates its constructors' tuple arguments as one-element tuples (tuple[int]) and a
+# pipeline's scheduler as an enum; the calls here are the documented ones.
+# pyright: reportArgumentType=false
 
 import hashlib
 import json

@@ -5,14 +5,15 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
+from negalora import checkpoint_kind as ck
 from negalora.device import Placement
 from negalora.errors import NegaloraError
 from negalora.hashing import HashCache, sha256_bytes
 from negalora.home import Home
-from negalora.models import checkpoint_kind as ck
 from negalora.models.demo import DEMO_NAME, DEMO_SIZE, ensure_demo_folder
 from negalora.models.quiet import quiet_libraries
 from negalora.models.tokenizer import PAD_CLIP_L, PAD_OPENCLIP, clip_tokenizer
@@ -150,7 +151,7 @@ def load_model(
     """Load an SDXL pipeline from ``spec`` and place it on the chosen device."""
     hashes = HashCache(home.cache / "hashes.json")
     dtype = placement.dtype
-    common = {"dtype": dtype}
+    common: dict[str, Any] = {"dtype": dtype}
     if vae:
         common["vae"] = _load_vae(vae, placement)
     if spec == DEMO_NAME:

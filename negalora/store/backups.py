@@ -27,12 +27,15 @@ def backups(home: Home) -> list[Path]:
     """Backups, newest first."""
     if not home.backups.is_dir():
         return []
-    found = [p for p in home.backups.iterdir() if _NAME.match(p.name)]
-    return sorted(found, key=lambda p: _NAME.match(p.name).group(1), reverse=True)
+    found = [(m.group(1), p) for p in home.backups.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def taken_at(path: Path) -> datetime:
-    stamp = _NAME.match(Path(path).name).group(1)
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise NegaloraError(f"{path}: not a negalora backup name")
+    stamp = m.group(1)
     return datetime.strptime(stamp[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
 
 

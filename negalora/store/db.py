@@ -17,7 +17,7 @@ from negalora.home import Home
 from negalora.recipe import Recipe
 from negalora.store import backups as backup_files
 from negalora.store.clock import now
-from negalora.store.evaluation import EvaluationTables
+from negalora.store.evaluation import EvaluationTables, row_id
 from negalora.store.files import content_path, store_bytes
 from negalora.store.health import check_file
 from negalora.store.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -51,7 +51,7 @@ class Store(EvaluationTables):
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=FULL")  # a rating survives a power cut, not only a crash
         self.db = Database(conn)
-        self._created: list[Path] = []
+        self._created = []
         self._migrate()
         self.backup_error = ""  # a failed daily backup must not keep the artist out; it is shown instead
         if backup_files.daily_due(home) and self._has_content():
@@ -139,8 +139,8 @@ class Store(EvaluationTables):
         if row:
             return row[0]
         with self._write():
-            return (
-                self.db["models"]
+            return row_id(
+                self.db.table("models")
                 .insert({"name": name, "source": source, "location": location, "hash": sha256, "created": now()})
                 .last_pk
             )
@@ -186,7 +186,9 @@ class Store(EvaluationTables):
         of an image's database time in a batch)."""
         columns = ", ".join(f"[{k}]" for k in row)
         marks = ", ".join("?" for _ in row)
-        return self.db.execute(f"INSERT INTO [{table}] ({columns}) VALUES ({marks})", list(row.values())).lastrowid
+        return row_id(
+            self.db.execute(f"INSERT INTO [{table}] ({columns}) VALUES ({marks})", list(row.values())).lastrowid
+        )
 
     def add_generated(self, recipe: Recipe, model_id: int | None, png: bytes) -> StoredImage:
         """Store a generated PNG and its recipe in one transaction (the file is written first).
@@ -260,6 +262,47 @@ class Store(EvaluationTables):
             sql += f" LIMIT {int(limit)}"
         return [_image_row(r, self.home) for r in self.db.query(sql, params)]
 
+    def gallery_rows(
+        self, verdict: str | None = None, text: str | None = None, before_id: int | None = None, limit: int = 1000
+    ) -> list[dict]:
+        """One page of the gallery, newest first, below ``before_id``: id, sha256, path (absolute),
+        verdict, reasons, prompt (an import's file name) and seed. Lighter than ``images``."""
+        where, params = [], []
+        if verdict == "unrated":
+            where.append("r.verdict IS NULL")
+        elif verdict:
+            where.append("r.verdict = ?")
+            params.append(verdict)
+        if text:
+            where.append("coalesce(g.prompt, i.original_name) LIKE ?")
+            params.append(f"%{text}%")
+        if before_id is not None:
+            where.append("i.id < ?")
+            params.append(before_id)
+        sql = _GALLERY_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY i.id DESC LIMIT {int(limit)}"
+        rows = [_image_row(r, self.home) for r in self.db.query(sql, params)]
+        for r in rows:
+            r["prompt"] = r["prompt"] or ""
+        return rows
+
+    def verdicts(self, image_ids: list[int]) -> dict[int, tuple[str, list[str]]]:
+        """The verdict and reasons of each of these images that has one."""
+        out: dict[int, tuple[str, list[str]]] = {}
+        ids = list(image_ids)
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, verdict, reasons in self.db.execute(
+                f"SELECT image_id, verdict, reasons FROM ratings WHERE image_id IN ({marks})", chunk
+            ).fetchall():
+                out[image_id] = (verdict, json.loads(reasons) if reasons else [])
+        return out
+
+    def rejected_at(self) -> dict[int, str]:
+        """When each rejected image was rejected (``images`` does not return the rating time)."""
+        return dict(self.db.execute("SELECT image_id, updated FROM ratings WHERE verdict = 'reject'").fetchall())
+
     def recipe(self, image_id: int) -> Recipe | None:
         row = self.db.execute(
             "SELECT g.recipe FROM images i JOIN generations g ON g.id = i.generation_id WHERE i.id = ?", [image_id]
@@ -276,7 +319,7 @@ class Store(EvaluationTables):
         with a tombstone per image in the same transaction, so a crash in between leaves a file that
         the next start removes (store.reconcile), never a row pointing at a missing file."""
         ids = list(dict.fromkeys(image_ids))
-        gone: list[tuple[str, str]] = []
+        gone: list[tuple[int, str]] = []
         with self._write():
             for image_id in ids:
                 row = self.db.execute(
@@ -356,7 +399,7 @@ class Store(EvaluationTables):
                     tags = (own if reasons is None else set(reasons)) | ({add_reason} if add_reason else set())
                 reasons_json = json.dumps(sorted(tags))
                 self._set_rating(image_id, verdict, reasons_json)
-                self.db["rating_events"].insert(
+                self.db.table("rating_events").insert(
                     {
                         "image_id": image_id,
                         "verdict": verdict,
@@ -373,7 +416,7 @@ class Store(EvaluationTables):
         if verdict is None:
             self.db.execute("DELETE FROM ratings WHERE image_id = ?", [image_id])
         else:
-            self.db["ratings"].upsert(
+            self.db.table("ratings").upsert(
                 {"image_id": image_id, "verdict": verdict, "reasons": reasons_json, "updated": now()},
                 pk="image_id",
             )
@@ -411,7 +454,7 @@ class Store(EvaluationTables):
     def create_run(self, run_id: str, model_id: int | None, config_json: str, images: int) -> None:
         stamp = now()
         with self._write():
-            self.db["runs"].insert(
+            self.db.table("runs").insert(
                 {
                     "id": run_id,
                     "created": stamp,
@@ -425,7 +468,7 @@ class Store(EvaluationTables):
 
     def update_run(self, run_id: str, **fields) -> None:
         with self._write():
-            self.db["runs"].update(run_id, {**fields, "updated": now()})
+            self.db.table("runs").update(run_id, {**fields, "updated": now()})
 
     def run(self, run_id: str) -> dict:
         rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
@@ -496,6 +539,14 @@ SELECT i.id, i.sha256, i.path, i.width, i.height, i.source, i.original_name, i.c
 FROM images i
 LEFT JOIN generations g ON g.id = i.generation_id
 LEFT JOIN models m ON m.id = g.model_id
+LEFT JOIN ratings r ON r.image_id = i.id
+"""
+
+
+_GALLERY_SELECT = """
+SELECT i.id, i.sha256, i.path, r.verdict, r.reasons, coalesce(g.prompt, i.original_name) AS prompt, g.seed
+FROM images i
+LEFT JOIN generations g ON g.id = i.generation_id
 LEFT JOIN ratings r ON r.image_id = i.id
 """
 

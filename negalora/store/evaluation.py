@@ -2,13 +2,36 @@
 the exports made from a run. A mixin of Store (it uses Store's connection and write lock)."""
 
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from negalora.errors import NegaloraError
 from negalora.store.clock import now as _now
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from negalora.home import Home
+
+
+def row_id(pk: object) -> int:
+    """The id sqlite-utils returns for an inserted row (typed ``Any | None`` there)."""
+    if not isinstance(pk, int):
+        raise NegaloraError(f"the database returned no row id ({pk!r})")
+    return pk
+
 
 class EvaluationTables:
+    # What the mixin uses of Store, declared for the type checker.
+    if TYPE_CHECKING:
+        db: Database
+        home: Home
+
+        def _write(self) -> AbstractContextManager[None]: ...
+        def run(self, run_id: str) -> dict: ...
+        def checkpoints(self, run_id: str, include_removed: bool = False) -> list[dict]: ...
+
     # -- test-prompt sets ---------------------------------------------------------------
 
     def save_prompt_set(self, name: str, prompts: list[str], seeds: list[int], settings: dict | None = None) -> int:
@@ -27,9 +50,9 @@ class EvaluationTables:
                 "updated": stamp,
             }
             if row:
-                self.db["prompt_sets"].update(row[0], values)
+                self.db.table("prompt_sets").update(row[0], values)
                 return row[0]
-            return self.db["prompt_sets"].insert({"name": name, "created": stamp, **values}).last_pk
+            return row_id(self.db.table("prompt_sets").insert({"name": name, "created": stamp, **values}).last_pk)
 
     def prompt_sets(self) -> list[dict]:
         return [_prompt_set_row(r) for r in self.db.query("SELECT * FROM prompt_sets ORDER BY name")]
@@ -55,8 +78,8 @@ class EvaluationTables:
         prompt_set_id: int | None = None,
     ) -> int:
         with self._write():
-            return (
-                self.db["comparisons"]
+            return row_id(
+                self.db.table("comparisons")
                 .insert(
                     {
                         "created": _now(),
@@ -86,7 +109,7 @@ class EvaluationTables:
         if grid_path is not None:
             values["grid_path"] = str(Path(grid_path).relative_to(self.home.root))
         with self._write():
-            self.db["comparisons"].update(comparison_id, values)
+            self.db.table("comparisons").update(comparison_id, values)
 
     def comparison(self, comparison_id: int) -> dict:
         rows = list(self.db.query("SELECT * FROM comparisons WHERE id = ?", [comparison_id]))
@@ -135,7 +158,7 @@ class EvaluationTables:
             kept = ", ".join(str(c["step"]) for c in self.checkpoints(run_id)) or "none"
             raise NegaloraError(f"run {run_id}: has no checkpoint at step {step} (kept: {kept})")
         with self._write():
-            self.db["runs"].update(run_id, {"best_step": step})
+            self.db.table("runs").update(run_id, {"best_step": step})
 
     def set_best_scale(self, run_id: str, scale: float | None) -> None:
         """The LoRA strength the artist found best on both passes (A1111's way), for the model card."""
@@ -143,7 +166,7 @@ class EvaluationTables:
         if scale is not None and not (0 <= scale <= 10):
             raise NegaloraError(f"scale {scale}: must be between 0 and 10")
         with self._write():
-            self.db["runs"].update(run_id, {"best_scale": scale})
+            self.db.table("runs").update(run_id, {"best_scale": scale})
 
     # -- blind votes ----------------------------------------------------------------------
 
@@ -166,8 +189,8 @@ class EvaluationTables:
         else:
             outcome = "a" if (choice == "left") == bool(a_on_left) else "b"
         with self._write():
-            return (
-                self.db["votes"]
+            return row_id(
+                self.db.table("votes")
                 .insert(
                     {
                         "created": _now(),
@@ -200,8 +223,8 @@ class EvaluationTables:
 
     def add_export(self, run_id: str | None, step: int, fmt: str, path: Path, sha256: str, metadata: dict) -> int:
         with self._write():
-            return (
-                self.db["exports"]
+            return row_id(
+                self.db.table("exports")
                 .insert(
                     {
                         "created": _now(),

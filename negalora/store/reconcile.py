@@ -124,11 +124,11 @@ def _adopt(store: Store, file: Path) -> tuple[int | None, bool]:
     whether it was only a second copy of pixels the store already holds."""
     from PIL import Image
 
-    from negalora.importing import probe_image
+    from negalora.image_files import probe
     from negalora.pngmeta import read_recipe
 
     try:
-        width, height = probe_image(file)
+        width, height = probe(file)
         data = file.read_bytes()
         recipe = None
         if file.suffix.lower() == ".png":

@@ -76,7 +76,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        clean: dict = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
         return cls(**clean)
 
     def check(self) -> None:

@@ -88,7 +88,7 @@ def collect_rejects(
     """
     wanted = {r.casefold() for r in reasons} if reasons else None
     in_window = _time_window(since, until)
-    rejected_at = _rejected_at(store)
+    rejected_at = store.rejected_at()
     out = []
     for row in sorted(store.images(verdict="reject"), key=lambda r: r["id"]):
         tags = tuple(row.get("reasons") or ())
@@ -120,17 +120,11 @@ def _is_image_file(f: Path, root: Path) -> bool:
     return not hidden and f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
 
 
-def _rejected_at(store) -> dict[int, str]:
-    """When each image was rejected; ``Store.images`` does not return the rating time."""
-    rows = store.db.execute("SELECT image_id, updated FROM ratings WHERE verdict = 'reject'").fetchall()
-    return dict(rows)
-
-
 def _time_window(since: str | None, until: str | None):
     """A predicate on ISO timestamps; a date-only ``until`` includes that whole day."""
     lo = _parse_when(since, "since") if since else None
     hi = _parse_when(until, "until") if until else None
-    if hi is not None and _is_date_only(until):
+    if until and hi is not None and _is_date_only(until):
         hi += timedelta(days=1) - timedelta(microseconds=1)
 
     def check(stamp: str) -> bool:

@@ -18,7 +18,7 @@ ADAPTER = "default"
 def lora_config(config: TrainConfig) -> LoraConfig:
     return LoraConfig(
         r=config.rank,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # pyright: ignore[reportArgumentType] (peft types it int; a float alpha works, kohya writes one)
         init_lora_weights="gaussian",  # as diffusers' SDXL DreamBooth script: B = 0, so step 0 is the base model
         target_modules=list(config.target_modules),
     )
@@ -26,7 +26,10 @@ def lora_config(config: TrainConfig) -> LoraConfig:
 
 def text_lora_config(config: TrainConfig) -> LoraConfig:
     return LoraConfig(
-        r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian", target_modules=list(TEXT_ATTENTION)
+        r=config.rank,
+        lora_alpha=config.lora_alpha,  # pyright: ignore[reportArgumentType] (as above)
+        init_lora_weights="gaussian",
+        target_modules=list(TEXT_ATTENTION),
     )
 
 

@@ -198,7 +198,9 @@ class ABViewer(QWidget):
             return
         self._mode = name
         self.slider.setVisible(name == "wipe")
-        self.layout().activate()  # the panes take their new size now, not at the next event loop turn
+        layout = self.layout()
+        assert layout is not None  # set in __init__
+        layout.activate()  # the panes take their new size now, not at the next event loop turn
         self.mode_changed.emit(name)
         self._changed()
 
@@ -250,8 +252,13 @@ class ABViewer(QWidget):
         if self._fit:
             self._zoom, self._pan, self._fit = self.zoom, self.pan, False
 
+    def _loaded(self) -> tuple[QPixmap, QPixmap]:
+        """The pair on screen, for the drawing and view code that runs only once set_images has given one."""
+        assert self._pixmaps is not None, "no images yet"
+        return self._pixmaps
+
     def _image_rect(self, pane: QRect) -> QRectF:
-        centre, zoom, size = QRectF(pane).center(), self.zoom, self._pixmaps[0].size()
+        centre, zoom, size = QRectF(pane).center(), self.zoom, self._loaded()[0].size()
         top_left = centre - self.pan * zoom
         return QRectF(top_left.x(), top_left.y(), size.width() * zoom, size.height() * zoom)
 
@@ -307,7 +314,7 @@ class ABViewer(QWidget):
             self._draw_label(p, panes[0], 1, right=True)
 
     def _draw_image(self, p: QPainter, pane: QRect, index: int, clip: QRectF) -> None:
-        pixmap, rect = self._pixmaps[index], self._image_rect(pane)
+        pixmap, rect = self._loaded()[index], self._image_rect(pane)
         # screen pixels per pixel of this image, per axis: a B of another size or shape has its own
         sx, sy = rect.width() / pixmap.width(), rect.height() / pixmap.height()
         ratio = self.devicePixelRatioF()
@@ -332,7 +339,7 @@ class ABViewer(QWidget):
         device = QSize(max(1, round(size.width() * ratio)), max(1, round(size.height() * ratio)))
         cached = self._scaled.get(index)
         if cached is None or cached[0] != device:
-            scaled = self._pixmaps[index].scaled(
+            scaled = self._loaded()[index].scaled(
                 device, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
             )
             scaled.setDevicePixelRatio(ratio)
@@ -386,7 +393,7 @@ class ABViewer(QWidget):
         if event.modifiers() & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
             super().keyPressEvent(event)  # leave shortcuts to the window
         elif key in self.KEYS:
-            self.set_mode(self.KEYS[key])
+            self.set_mode(self.KEYS[Qt.Key(key)])
         elif key == Qt.Key.Key_Space and self._mode == "flip":
             self.flip()
         elif key == Qt.Key.Key_1:

@@ -47,8 +47,8 @@ class BlindVoteDialog(QDialog):
         for button, choice in ((self.left, "left"), (self.tie, "tie"), (self.right, "right")):
             button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             button.clicked.connect(lambda _=False, c=choice: self.vote(c))
-        self.result = QLabel("")
-        self.result.setWordWrap(True)
+        self.outcome = QLabel("")
+        self.outcome.setWordWrap(True)
         top = QHBoxLayout()
         top.addWidget(self.question, 1)
         top.addWidget(self.counter)
@@ -60,7 +60,7 @@ class BlindVoteDialog(QDialog):
         layout.addLayout(top)
         layout.addWidget(self.viewer, 1)
         layout.addLayout(buttons)
-        layout.addWidget(self.result)
+        layout.addWidget(self.outcome)
         self.resize(900, 600)
         self._show()
 
@@ -110,7 +110,7 @@ class BlindVoteDialog(QDialog):
             == (self.run_id, lora, self.a_label, self.b_label, self.step)
         ]
         lines = [w.describe() for w in rates] or ["No pairs to vote on (the two columns are the same images)."]
-        self.result.setText("\n".join(lines))
+        self.outcome.setText("\n".join(lines))
 
     def keyPressEvent(self, event) -> None:
         choice = KEYS.get(event.key())

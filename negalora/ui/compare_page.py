@@ -67,7 +67,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 class ComparePage(QWidget):
-    render = Signal(dict)  # a CompareRequest as a dict
+    render_requested = Signal(dict)  # a CompareRequest as a dict
     cancel = Signal()
     open_image = Signal(int)
     blind_vote = Signal(dict)  # {"comparison": id, "a": col, "b": col}
@@ -278,11 +278,12 @@ class ComparePage(QWidget):
             )
 
     def _source_changed(self) -> None:
-        run_id = self.source.currentData()
-        is_file = run_id == FILE_SOURCE or run_id is None
+        source = self.source.currentData()  # a run's id, FILE_SOURCE, or None while the list is empty
+        run_id: str | None = None if source == FILE_SOURCE else source
+        is_file = run_id is None
         self.lora_file.setEnabled(is_file)
         self.checkpoint.clear()
-        if not is_file:
+        if run_id is not None:
             best = self.store.run(run_id).get("best_step")
             for c in self.store.checkpoints(run_id):
                 self.checkpoint.addItem(f"step {c['step']}" + ("  ★ best" if c["step"] == best else ""), c["step"])
@@ -370,7 +371,7 @@ class ComparePage(QWidget):
         except NegaloraError as exc:
             self.progress_label.setText(str(exc))
             return
-        self.render.emit(request)
+        self.render_requested.emit(request)
 
     def request_after_training(self, run_id: str) -> dict | None:
         """The model's default test set, three ways, on the run's newest checkpoint (None when switched off)."""
@@ -397,7 +398,7 @@ class ComparePage(QWidget):
 
     def begin_grid(self, comparison_id: int, columns: list[dict], rows: list[dict]) -> None:
         self.comparison = {"id": comparison_id, "columns": columns, "rows": rows, "cells": {}}
-        self._build_table()
+        self._build_table(self.comparison)
 
     def set_cell(self, row: int, col: int, image_id: int, path: str, comparison_id: int | None = None) -> None:
         if self.comparison is None or (comparison_id is not None and comparison_id != self.comparison["id"]):
@@ -446,13 +447,13 @@ class ComparePage(QWidget):
         data = self.store.comparison(comparison_id)
         rows = [{"prompt": p, "seed": s} for p, s in _rows_of(data)]
         self.begin_grid(comparison_id, data["columns"], rows)
+        assert self.comparison is not None  # begin_grid has just set it
         self.comparison["run_id"], self.comparison["step"] = data["run_id"], data["step"]
         for cell in data["cells"]:
             self.set_cell(cell["row"], cell["col"], cell["image_id"], cell["path"])
         self._show_votes()
 
-    def _build_table(self) -> None:
-        c = self.comparison
+    def _build_table(self, c: dict) -> None:
         self.grid.clear()
         self.grid.setColumnCount(len(c["columns"]))
         self.grid.setRowCount(len(c["rows"]))

@@ -257,7 +257,7 @@ class ExportPage(QWidget):
         self._signals.done.connect(self._previewed)
         self._timer = QTimer(self, singleShot=True, interval=150)  # typing a name: one preview, not one per key
         self._timer.timeout.connect(self._start_preview)
-        jobs.event.connect(self._job_event)
+        jobs.job_event.connect(self._job_event)
         self.refresh()
 
     # -- choices --------------------------------------------------------------------------

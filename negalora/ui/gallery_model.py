@@ -1,6 +1,5 @@
 """The gallery's list model: images of one filter, newest first, fetched from the store in chunks."""
 
-import json
 from dataclasses import dataclass, field
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, Qt, Signal
@@ -25,14 +24,6 @@ class Row:
     seed: int | None = None
 
 
-_ROW_SQL = """
-SELECT i.id, i.sha256, i.path, r.verdict, r.reasons, coalesce(g.prompt, i.original_name) AS prompt, g.seed
-FROM images i
-LEFT JOIN generations g ON g.id = i.generation_id
-LEFT JOIN ratings r ON r.image_id = i.id
-"""
-
-
 class GalleryModel(QAbstractListModel):
     counts_changed = Signal(dict)
 
@@ -50,30 +41,10 @@ class GalleryModel(QAbstractListModel):
 
     # -- loading --------------------------------------------------------------------------
 
-    def _where(self) -> tuple[str, list]:
-        where, params = [], []
-        if self.filter == "unrated":
-            where.append("r.verdict IS NULL")
-        elif self.filter in ("reject", "pick"):
-            where.append("r.verdict = ?")
-            params.append(self.filter)
-        if self.search:
-            where.append("coalesce(g.prompt, i.original_name) LIKE ?")
-            params.append(f"%{self.search}%")
-        return (" WHERE " + " AND ".join(where) if where else ""), params
-
-    def _query(self, after_id: int | None, limit: int) -> list[Row]:
-        where, params = self._where()
-        if after_id is not None:
-            where += (" AND " if where else " WHERE ") + "i.id < ?"
-            params.append(after_id)
-        sql = f"{_ROW_SQL}{where} ORDER BY i.id DESC LIMIT {int(limit)}"
-        root = self.store.home.root
-        out = []
-        for r in self.store.db.execute(sql, params).fetchall():
-            reasons = json.loads(r[4]) if r[4] else []
-            out.append(Row(r[0], r[1], str(root / r[2]), r[3], reasons, r[5] or "", r[6]))
-        return out
+    def _query(self, before_id: int | None, limit: int) -> list[Row]:
+        verdict = None if self.filter == "all" else self.filter
+        rows = self.store.gallery_rows(verdict, self.search or None, before_id, limit)
+        return [Row(r["id"], r["sha256"], r["path"], r["verdict"], r["reasons"], r["prompt"], r["seed"]) for r in rows]
 
     def set_filter(self, name: str, search: str | None = None) -> None:
         self.filter = name
@@ -144,16 +115,10 @@ class GalleryModel(QAbstractListModel):
         """Re-read verdicts of these images from the store (after a rating or an undo)."""
         ids = [i for i in image_ids if i in self._row_of]
         if ids:
-            marks = ",".join("?" * len(ids))
-            rows = self.store.db.execute(
-                f"SELECT image_id, verdict, reasons FROM ratings WHERE image_id IN ({marks})", ids
-            ).fetchall()
-            found = {r[0]: r for r in rows}
+            found = self.store.verdicts(ids)
             for image_id in ids:
                 row = self._rows[self._row_of[image_id]]
-                hit = found.get(image_id)
-                row.verdict = hit[1] if hit else None
-                row.reasons = json.loads(hit[2]) if hit else []
+                row.verdict, row.reasons = found.get(image_id, (None, []))
                 idx = self.index(self._row_of[image_id])
                 self.dataChanged.emit(idx, idx)
         self.emit_counts()

@@ -111,7 +111,7 @@ class GalleryView(QListView):
         mods = event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier
         if mods == Qt.KeyboardModifier.NoModifier:
             if key in self.KEYS:
-                self.rate.emit(self.KEYS[key], None)
+                self.rate.emit(self.KEYS[Qt.Key(key)], None)
                 return
             if Qt.Key.Key_1 <= key <= Qt.Key.Key_9:
                 self.rate.emit("reject", REASONS[key - Qt.Key.Key_1])

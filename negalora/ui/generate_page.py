@@ -89,8 +89,8 @@ class GeneratePage(QWidget):
         )
         self.steps = QSpinBox(minimum=1, maximum=200, value=25)
         self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=7.0, singleStep=0.5)
-        self.size = QComboBox()
-        self.size.addItems(SIZES)
+        self.image_size = QComboBox()
+        self.image_size.addItems(SIZES)
         self.scheduler = QComboBox()
         self.scheduler.addItems(list(SCHEDULERS))
         self.scheduler.setCurrentText(DEFAULT_SCHEDULER)
@@ -130,7 +130,7 @@ class GeneratePage(QWidget):
         form.addRow("Images per prompt", count_row)
         form.addRow("Steps", self.steps)
         form.addRow("CFG scale", self.guidance)
-        form.addRow("Size", self.size)
+        form.addRow("Size", self.image_size)
         form.addRow("Sampler", self.scheduler)
         form.addRow("LoRA", lora_row)
 
@@ -195,8 +195,13 @@ class GeneratePage(QWidget):
         layout.addLayout(left, 3)
         layout.addLayout(right, 2)
 
-        for w in (self.count, self.steps, self.size, self.scheduler, self.seed_lock):
-            signal = getattr(w, "valueChanged", None) or getattr(w, "currentIndexChanged", None) or w.toggled
+        for signal in (
+            self.count.valueChanged,
+            self.steps.valueChanged,
+            self.image_size.currentIndexChanged,
+            self.scheduler.currentIndexChanged,
+            self.seed_lock.toggled,
+        ):
             signal.connect(lambda *_: self.settings_changed.emit())
         self._job_started = 0.0
 
@@ -233,7 +238,7 @@ class GeneratePage(QWidget):
             "batch_size": self.batch_size.currentData(),
             "steps": self.steps.value(),
             "guidance": self.guidance.value(),
-            "size": self.size.currentText(),
+            "size": self.image_size.currentText(),
             "scheduler": self.scheduler.currentText(),
             "model": self.model_spec(),
             "lora": self.lora.currentData() or "",
@@ -253,7 +258,7 @@ class GeneratePage(QWidget):
         self.steps.setValue(int(s.get("steps", self.steps.value())))
         self.guidance.setValue(float(s.get("guidance", self.guidance.value())))
         if s.get("size") in SIZES:
-            self.size.setCurrentText(s["size"])
+            self.image_size.setCurrentText(s["size"])
         if s.get("scheduler") in SCHEDULERS:
             self.scheduler.setCurrentText(s["scheduler"])
         if s.get("model"):
@@ -268,7 +273,7 @@ class GeneratePage(QWidget):
     # -- requests -------------------------------------------------------------------------
 
     def _size(self) -> tuple[int | None, int | None]:
-        text = self.size.currentText()
+        text = self.image_size.currentText()
         if text == NATIVE:
             return None, None
         w, h = text.split("×")

@@ -17,7 +17,7 @@ RESTART_WINDOW = 60.0
 
 
 class JobController(QObject):
-    event = Signal(dict)  # every worker event, delivered on the UI thread
+    job_event = Signal(dict)  # every worker event, delivered on the UI thread
     state_changed = Signal(str)
     message = Signal(str)  # something the user should read
     model_loaded = Signal(dict)
@@ -111,4 +111,4 @@ class JobController(QObject):
                     )
                     self._set_state("restarting")
                     self.client.restart()
-        self.event.emit(msg)
+        self.job_event.emit(msg)

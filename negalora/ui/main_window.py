@@ -105,12 +105,12 @@ class MainWindow(QMainWindow):
         self.train_page.start.connect(lambda config: self._submit_train(config=config))
         self.train_page.resume.connect(lambda run: self._submit_train(resume=run))
         self.train_page.cancel.connect(lambda: self.jobs.cancel(self._train_job) if self._train_job else None)
-        self.compare_page.render.connect(self._submit_compare)
+        self.compare_page.render_requested.connect(self._submit_compare)
         self.export_page.render_sweep.connect(self._sweep_for_export)
         self.compare_page.cancel.connect(lambda: self.jobs.cancel(self._compare_job) if self._compare_job else None)
         self.compare_page.open_image.connect(self.open_image)
         self.compare_page.blind_vote.connect(self._blind_vote)
-        self.jobs.event.connect(self._job_event)
+        self.jobs.job_event.connect(self._job_event)
         self.jobs.state_changed.connect(lambda s: self.worker_label.setText(f"worker: {s}"))
         self.jobs.message.connect(self._message)
         self.jobs.model_loaded.connect(self._model_loaded)
@@ -201,10 +201,8 @@ class MainWindow(QMainWindow):
 
     def _base_model_for(self, lora: str) -> str:
         """A run's LoRA renders on the model the run was trained on; a LoRA file on the chosen model."""
-        row = self.store.db.execute(
-            "SELECT m.location FROM runs r JOIN models m ON m.id = r.model_id WHERE r.id = ?", [lora]
-        ).fetchone()
-        return row[0] if row else self.generate_page.model_spec()
+        model = self.store.run_model(lora)
+        return model["location"] if model else self.generate_page.model_spec()
 
     def _compare_after_training(self, run_id: str) -> None:
         """The artist sees the new LoRA's effect without asking: the test set, three ways."""
@@ -323,7 +321,7 @@ class MainWindow(QMainWindow):
             "generate": self.generate_page.state(),
             "train": self.train_page.state(),
             "compare": self.compare_page.state(),
-            "geometry": base64.b64encode(bytes(self.saveGeometry())).decode(),
+            "geometry": base64.b64encode(self.saveGeometry().data()).decode(),
             "page": self.current_page(),
         }
         self.home.save_settings(settings)
@@ -334,7 +332,7 @@ class MainWindow(QMainWindow):
             return
         self._closed = True
         self._save_settings()
-        self.jobs.event.disconnect(self._job_event)  # events still in flight must not reach a closed store
+        self.jobs.job_event.disconnect(self._job_event)  # events still in flight must not reach a closed store
         self.jobs.shutdown()
         self.thumbs.wait_idle(2000)
         self.store.close()

@@ -31,7 +31,7 @@ class _LoadThumb(QRunnable):
         image = QImage(str(self.cached)) if self.cached.exists() else QImage()
         if image.isNull():
             reader = QImageReader(str(self.source))
-            if bytes(reader.format()).decode().lower() not in QT_FORMATS:
+            if bytes(reader.format().data()).decode().lower() not in QT_FORMATS:
                 return QImage()  # a file swapped on disk for another kind: the same allow-list as import
             reader.setAllocationLimit(ALLOCATION_LIMIT_MB)
             reader.setAutoTransform(True)  # EXIF orientation
@@ -42,7 +42,10 @@ class _LoadThumb(QRunnable):
             if not image.isNull():
                 self.cached.parent.mkdir(parents=True, exist_ok=True)
                 tmp = self.cached.with_name(f".{self.cached.stem}.{id(self)}.jpg")
-                if image.convertToFormat(QImage.Format.Format_RGB888).save(str(tmp), "JPG", 90):
+                rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+                # PySide6's stub types QImage.save's format as bytes, but at run time it takes only a str (b"JPG"
+                # raises ValueError): the stub is wrong here
+                if rgb.save(str(tmp), "JPG", 90):  # pyright: ignore[reportCallIssue, reportArgumentType]
                     tmp.replace(self.cached)
         return image
 

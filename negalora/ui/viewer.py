@@ -66,7 +66,7 @@ class ImageViewer(QDialog):
     def keyPressEvent(self, event: QKeyEvent) -> None:
         key = event.key()
         if key in self.KEYS:
-            self.rate.emit(self.KEYS[key])
+            self.rate.emit(self.KEYS[Qt.Key(key)])
         elif key in (Qt.Key.Key_Right, Qt.Key.Key_Down):
             self.step.emit(1)
         elif key in (Qt.Key.Key_Left, Qt.Key.Key_Up):

@@ -74,7 +74,8 @@ class WorkerClient:
         self._stopping = True
         try:
             self._send({"type": "shutdown"})
-            self.proc.stdin.close()
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
         except (OSError, ValueError):
             pass
         try:
@@ -85,8 +86,9 @@ class WorkerClient:
 
     def kill(self) -> None:
         """Kill the worker abruptly (what a crash looks like); for tests and a stuck worker."""
-        if self.alive:
-            os.kill(self.proc.pid, signal.SIGKILL)
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class WorkerClient:
 
     def _send(self, msg: dict) -> None:
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is None or proc.poll() is not None or proc.stdin is None:
             return  # delivered on restart
         try:
             proc.stdin.write(encode(msg))
@@ -127,12 +129,14 @@ class WorkerClient:
     # -- events ---------------------------------------------------------------------------
 
     def _read(self, proc: subprocess.Popen) -> None:
+        if proc.stdout is None:
+            return
         for line in proc.stdout:
             try:
                 msg = decode(line)
             except ValueError:
                 continue
-            job = msg.get("job")
+            job = msg.get("job") or ""  # "": a message of no job (no job id is empty)
             with self._lock:
                 if msg["type"] == "accepted":
                     self._pending.pop(job, None)

@@ -6,18 +6,23 @@ import queue
 import sys
 import threading
 import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from negalora import api
 from negalora.cancel import CancelToken
 from negalora.errors import NegaloraError
 from negalora.worker.protocol import Writer, decode, request_of
 
+if TYPE_CHECKING:
+    from negalora.generate import Generator
+
 
 class WorkerServer:
     def __init__(self, home_dir: str, device: str | None, out: Writer):
         from negalora.home import Home
 
-        self.home = Home(os.path.abspath(home_dir))
+        self.home = Home(Path(os.path.abspath(home_dir)))
         self.device = device
         self.out = out
         self.jobs: queue.Queue = queue.Queue()
@@ -55,14 +60,14 @@ class WorkerServer:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def _generator_for(self, spec: str):
+    def _generator_for(self, spec: str) -> "Generator":
         from negalora.device import choose_placement
         from negalora.generate import Generator
         from negalora.hashing import HashCache
         from negalora.models.loader import load_model
 
         key = (spec, self.device)
-        if self._model_key != key:
+        if self._model_key != key or self._generator is None:
             self._generator = self._model_key = None  # free the old pipeline; a failed load leaves none
             model = load_model(spec, self.home, choose_placement(self.device))
             self._generator = Generator(model, HashCache(self.home.cache / "hashes.json"))

@@ -1,11 +1,12 @@
-"""The CLI's housekeeping commands: check the database and files, restore a backup, delete images."""
+"""The housekeeping commands: check the database and files, restore a backup, delete images. They
+only touch the store, so they never import torch."""
 
 import sys
 
-from negalora.cli import _emit  # the one --json / text printer of every command
+from negalora.cli.common import add_common, emit
 
 
-def add_parsers(sub, add_common) -> None:
+def add_parsers(sub) -> None:
     c = sub.add_parser(
         "check",
         help="check the database and reconcile it with the files on disk",
@@ -41,16 +42,13 @@ def cmd_check(args) -> int:
     from negalora.store import Store
     from negalora.store.reconcile import reconcile
 
-    store = Store(resolve_home(args.home))  # raises DatabaseDamaged, with the backup to restore
-    try:
+    with Store(resolve_home(args.home)) as store:  # raises DatabaseDamaged, with the backup to restore
         report = reconcile(store)
         counts = store.counts()
         backup_error = store.backup_error
-    finally:
-        store.close()
     if backup_error:
         print(f"negalora: warning: {backup_error}", file=sys.stderr)
-    _emit(
+    emit(
         args,
         {"database": "ok", "counts": counts, **report.to_dict()},
         ["database: ok", *report.lines()] + ([] if report.changed else ["files: in agreement"]),
@@ -68,7 +66,7 @@ def cmd_restore_backup(args) -> int:
     home = resolve_home(args.home)
     if args.list:
         found = backups(home)
-        _emit(
+        emit(
             args,
             {"backups": [str(p) for p in found]},
             [f"{taken_at(p):%Y-%m-%d %H:%M:%S} UTC  {p}" for p in found] or ["no backups"],
@@ -76,7 +74,7 @@ def cmd_restore_backup(args) -> int:
         return 0
     damage = check_file(home.db_path)
     chosen, aside = restore_backup(home, Path(args.backup).expanduser() if args.backup else None, force=args.force)
-    _emit(
+    emit(
         args,
         {
             "restored": str(chosen),
@@ -92,13 +90,10 @@ def cmd_delete(args) -> int:
     from negalora.home import resolve_home
     from negalora.store import Store
 
-    store = Store(resolve_home(args.home))
-    try:
+    with Store(resolve_home(args.home)) as store:
         deleted = store.delete_images(args.image_id)
         counts = store.counts()
-    finally:
-        store.close()
-    _emit(
+    emit(
         args,
         {"deleted": deleted, "counts": counts},
         [f"deleted {', '.join(f'#{i}' for i in deleted)}  ({counts['all']} images left)"],
