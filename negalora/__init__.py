@@ -2,7 +2,7 @@
 
 from negalora.version import __version__
 
-__all__ = ["__version__", "negative_pass"]
+__all__ = ["__version__"]  # and negative_pass, on first use (below)
 
 
 def __getattr__(name: str):

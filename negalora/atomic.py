@@ -35,7 +35,7 @@ def _default_mode() -> int:
 FILE_MODE = _default_mode()
 
 
-def disk_full(path: Path, exc: OSError) -> DiskFull:
+def disk_full(path: Path, exc: BaseException) -> DiskFull:
     """The one message for a full disk: what could not be written, and how much space is left."""
     try:
         free = shutil.disk_usage(Path(path).parent).free

@@ -11,25 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from negalora.errors import NegaloraError
-from negalora.image_files import IMAGE_SUFFIXES, ImageRefused, check_file, decode_reason, open_checked
+from negalora.image_files import IMAGE_SUFFIXES, MAX_PIXELS, ImageRefused, load_rgb, to_rgb
 
-# Well above an 8K frame (7680x4320 = 33 MP) and a 50 MP camera, far below a bomb: a 64 MP RGB image
-# decodes to 192 MB, while a crafted 40000x40000 PNG of a few KB would ask for 4.8 GB.
-MAX_PIXELS = 64_000_000
-
-
-WHITE = (255, 255, 255)
-
-# Modes PIL converts to 8-bit RGB correctly by itself (LAB and HSV included); the high-depth greys are
-# scaled separately, and anything else is refused by name rather than guessed at.
-_PLAIN_MODES = frozenset(
-    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
-)
-
+__all__ = ["MAX_PIXELS", "load_rgb", "to_rgb"]  # decoding lives in negalora.image_files; kept importable here
 
 # A file that cannot be trained on; ``reason`` is the short reason (the allow-list and decoding checks are
 # shared with importing).
@@ -148,64 +135,6 @@ def _is_date_only(text: str) -> bool:
 
 
 # -- decoding -------------------------------------------------------------------------------
-
-
-def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Fully decode ``path`` to an 8-bit RGB image, upright per EXIF, alpha flattened onto white.
-
-    Raises PreflightError with a short reason for anything that cannot be trained on safely.
-    """
-    path = Path(path)
-    check_file(path)
-    with open_checked(path, max_pixels) as im:
-        try:
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-        except MemoryError as exc:
-            raise PreflightError("too large to decode (out of memory)") from exc
-        except Exception as exc:  # damaged files make PIL raise almost anything (struct.error, IndexError, ...)
-            raise PreflightError(decode_reason(exc)) from exc
-        return to_rgb(upright)
-
-
-# -- colour conversion ----------------------------------------------------------------------
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode PIL decodes; a new image, detached from the file."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return _high_depth_to_rgb(im)
-    if im.mode not in _PLAIN_MODES:
-        raise PreflightError(f"unsupported colour mode {im.mode}")
-    if _has_alpha(im):
-        return _flatten(im.convert("RGBA"))
-    return im.convert("RGB")
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return True
-    return im.mode in ("P", "L", "RGB") and "transparency" in im.info  # PNG tRNS chunk
-
-
-def _flatten(rgba: Image.Image) -> Image.Image:
-    """Transparent areas become white: the VAE has no alpha, and PIL's plain convert turns them black."""
-    out = Image.new("RGB", rgba.size, WHITE)
-    out.paste(rgba, mask=rgba.getchannel("A"))
-    return out
-
-
-def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
-    """Scale 16-bit and float greys to 0-255 ourselves: PIL's convert("L") clips them instead."""
-    values = np.asarray(im).astype(np.float64)
-    if im.mode == "F":
-        values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
-        # Float images are 0-1 by convention; larger values are taken as 0-255 already.
-        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
-    else:
-        scale = 255.0 / 65535.0  # "I" is how PIL gives 16-bit PNG/TIFF greys in some versions
-    grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
-    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def pixel_sha256(im: Image.Image) -> str:
