@@ -54,6 +54,7 @@ __all__ = [
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 4096
 MAX_BATCH = 64  # the most images in one pipeline call: a request's and a recipe's bound
+DEFAULT_STRENGTH = 0.5  # img2img: keeps a reject's composition and re-renders its detail
 
 # -- names: the samplers and the LoRA passes ----------------------------------------------------
 
@@ -123,6 +124,10 @@ class GenerateRequest:
     use_refiner: bool = True  # when the model has one
     refiner_switch: float = 0.8
     batch_size: int | None = None  # images per pipeline call; None: auto (negalora.device.auto_batch_size)
+    # img2img: a stored image's id ("12" or "#12") or an image file (imported into the store first);
+    # "" renders from noise. ``strength`` is A1111's denoising strength: the share of the steps re-run.
+    init_image: str = ""
+    strength: float = DEFAULT_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,16 @@ def check_batch_size(batch_size: int | None) -> None:
         raise NegaloraError(f"batch size {batch_size}: must be between 1 and {MAX_BATCH}, or auto")
 
 
+def check_strength(strength: float, steps: int) -> None:
+    if not (0 < strength <= 1):
+        raise NegaloraError(f"strength {strength}: must be above 0 and at most 1")
+    if int(steps * strength) < 1:  # diffusers re-runs int(steps x strength) of the steps
+        raise NegaloraError(f"strength {strength} of {steps} steps re-runs no step; raise the strength or the steps")
+
+
 def check_request(request: GenerateRequest) -> None:
     """Everything about a request that can be checked before a model is loaded."""
-    if not request.prompts or not any(p.strip() for p in request.prompts):
+    if not any(p.strip() for p in request.prompts) and not request.init_image:  # an init image has its own
         raise NegaloraError("no prompt given")
     if request.count < 1:
         raise NegaloraError(f"count {request.count}: must be at least 1")
@@ -161,6 +173,8 @@ def check_request(request: GenerateRequest) -> None:
         check_size(request.width or side, request.height or side)
     if not (0 < request.refiner_switch < 1):
         raise NegaloraError(f"refiner switch {request.refiner_switch}: must be between 0 and 1")
+    if request.init_image:
+        check_strength(request.strength, request.steps)
     if request.seed is not None and not (0 <= request.seed <= MAX_SEED):
         raise NegaloraError(f"seed {request.seed}: must be between 0 and {MAX_SEED}")
     check_batch_size(request.batch_size)
@@ -208,6 +222,10 @@ class CompareRequest:
     scheduler: str = DEFAULT_SCHEDULER
     prompt_set: str | None = None  # a stored test-prompt set fills in prompts and seeds
     batch_size: int | None = None  # cells per pipeline call within a column; None: auto
+    # Re-renders: rows are these images (stored ids or files) x seeds, each column an img2img of the
+    # row's image at ``strength``; the prompt is the request's one prompt, else each image's own.
+    init_images: tuple[str, ...] = ()
+    strength: float = DEFAULT_STRENGTH
 
     def to_dict(self) -> dict:
         return to_wire(self)

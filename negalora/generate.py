@@ -5,6 +5,8 @@ Progress is reported per step through a callback; a cancel token is checked afte
 a cancelled image is thrown away (the pipeline is stopped before it decodes anything).
 """
 
+import hashlib
+import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,10 +20,11 @@ import torch
 from PIL import Image
 
 from negalora import faults
-from negalora.api import MAX_SEED, GenerateRequest, check_lora_file, check_request, check_size
+from negalora.api import MAX_SEED, MAX_SIDE, GenerateRequest, check_lora_file, check_request, check_size
 from negalora.cancel import CancelToken
 from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import HashCache
+from negalora.image_files import ImageRefused, load_rgb
 from negalora.lora_passes import NEGATIVE, negative_pass, text_encoder_lora_off
 from negalora.models.loader import LoadedModel
 from negalora.pngmeta import png_bytes
@@ -52,6 +55,17 @@ def _negative_only(recipe: Recipe) -> bool:
     return bool(recipe.lora_path) and recipe.lora_passes == NEGATIVE
 
 
+def steps_run(recipe: Recipe) -> int:
+    """The denoising steps a recipe runs: all of them, or img2img's share (as diffusers and A1111)."""
+    return int(recipe.steps * recipe.strength) if recipe.init_image else recipe.steps
+
+
+def init_size(width: int, height: int) -> tuple[int, int]:
+    """An init image's size as a render size: whole multiples of 8, the longer side at most MAX_SIDE."""
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
+
+
 def _to_images(out) -> list[Image.Image]:
     """The pipeline's float pixels as 8-bit images; NaN pixels are refused, never stored."""
     array = np.asarray(out)
@@ -73,6 +87,8 @@ class Generator:
     _lora: _LoraState = field(default_factory=_LoraState, init=False)
     _schedulers: dict = field(default_factory=dict, init=False)
     _lora_applied: tuple = field(default=("", 1.0), init=False)
+    _init_images: dict[str, Image.Image] = field(default_factory=dict, init=False)  # sha256 -> RGB
+    _img2img: Any = field(default=None, init=False)
 
     def __post_init__(self):
         self._conditioner = Conditioner(self.model.pipe)
@@ -84,8 +100,14 @@ class Generator:
     def plan(self, request: GenerateRequest) -> list[Recipe]:
         """Validate a request and expand it into one recipe per image (prompt-major, seed, seed+1, …)."""
         check_request(request)
-        width = request.width or self.model.native_size
-        height = request.height or self.model.native_size
+        init_sha, init_fields = "", {}
+        native = (self.model.native_size, self.model.native_size)
+        if request.init_image:
+            init_sha = self.add_init_image(Path(request.init_image))
+            native = init_size(*self._init_images[init_sha].size)
+            init_fields = {"init_image": init_sha, "strength": float(request.strength)}
+        width = request.width or native[0]
+        height = request.height or native[1]
         check_size(width, height)
         scheduler = canonical_name(request.scheduler)
         lora_fields = self._lora_fields(request)
@@ -94,7 +116,7 @@ class Generator:
             refiner_fields.update(
                 vae=self.model.vae_name, vae_hash=self.model.vae_sha256, vae_location=self.model.vae_location
             )
-        if request.use_refiner and self.model.refiner is not None:
+        if request.use_refiner and self.model.refiner is not None and not init_sha:  # img2img: base only
             refiner_fields.update(  # beside the VAE's fields: a recipe with both records both
                 refiner=self.model.refiner_name,
                 refiner_hash=self.model.refiner_sha256,
@@ -121,9 +143,49 @@ class Generator:
                     noise_device="cpu",
                     **lora_fields,
                     **refiner_fields,
+                    **init_fields,
                 )
             )
         return recipes
+
+    def add_init_image(self, path: Path) -> str:
+        """Check and decode an init image (as an import: allow-list, bombs, EXIF, alpha, CMYK) and hold
+        it for rendering; returns the sha256 of its file, which recipes name it by."""
+        path = Path(path).expanduser()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise NegaloraError(f"{path}: cannot read the init image ({exc.strerror or exc})") from exc
+        sha = hashlib.sha256(data).hexdigest()
+        if sha not in self._init_images:
+            try:
+                self._init_images[sha] = load_rgb(path)
+            except ImageRefused as exc:
+                raise NegaloraError(f"{path}: refused as an init image: {exc.reason}") from exc
+            while len(self._init_images) > 64:  # a long re-render job holds only its recent images
+                del self._init_images[next(iter(self._init_images))]
+        return sha
+
+    def has_init_image(self, sha: str) -> bool:
+        return sha in self._init_images
+
+    def _init_for(self, recipe: Recipe) -> Image.Image:
+        image = self._init_images.get(recipe.init_image)
+        if image is None:
+            raise NegaloraError(f"init image {recipe.init_image[:10]}: not loaded (add_init_image first)")
+        if image.size != (recipe.width, recipe.height):  # A1111's "Just resize"
+            image = image.resize((recipe.width, recipe.height), Image.Resampling.LANCZOS)
+        return image
+
+    def _img2img_pipe(self):
+        """The img2img pipeline on the loaded components: the same modules, no second copy of weights."""
+        if self._img2img is None:
+            from diffusers import StableDiffusionXLImg2ImgPipeline
+
+            pipe = self.model.pipe
+            self._img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
 
     def _lora_fields(self, request: GenerateRequest) -> dict:
         if not request.lora:
@@ -250,8 +312,24 @@ class Generator:
                 cancel.raise_if_cancelled()  # stops before the VAE decodes a half-denoised image
             return kwargs
 
-        use_refiner = bool(first.refiner) and self.model.refiner is not None
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in recipes]
+        if first.init_image:
+            images = [self._init_for(r) for r in recipes]  # before any step: a missing one fails first
+            i2i = self._img2img_pipe()
+            i2i.scheduler = pipe.scheduler
+            with self._unet_passes(_negative_only(first)), _vae_slicing(pipe, len(recipes), first.width * first.height):
+                out = i2i(
+                    **_stacked(conds),
+                    image=images,
+                    strength=first.strength,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    generator=generators,
+                    callback_on_step_end=step_end,  # pyright: ignore[reportArgumentType] (as below)
+                    output_type="np",
+                )
+            return _to_images(_images_of(out)[: len(recipes)])
+        use_refiner = bool(first.refiner) and self.model.refiner is not None
         with self._unet_passes(_negative_only(first)), _vae_slicing(pipe, len(recipes), first.width * first.height):
             out = pipe(
                 **_stacked(conds),
@@ -320,10 +398,11 @@ class Generator:
             n = len(group)
             if n > 1:
                 group = [replace(r, batch_size=n, batch_pos=i) for i, r in enumerate(group)]
+            run = steps_run(group[0])
             if on_progress is not None:
-                on_progress(Progress(index, total, 0, group[0].steps, n))
+                on_progress(Progress(index, total, 0, run, n))
 
-            def step(s, i=index, steps=group[0].steps, n=n):
+            def step(s, i=index, steps=run, n=n):
                 if on_progress is not None:
                     on_progress(Progress(i, total, min(s, steps), steps, n))
 
@@ -375,6 +454,7 @@ BATCH_SHARED = (
     "lora_passes",
     "refiner",
     "refiner_switch",
+    "strength",  # 0 from noise: text-to-image and img2img never share a call
 )
 
 
@@ -434,6 +514,7 @@ def generate_to_store(
     the first image. A cancel ends the job early and keeps the images already finished; the caller
     tells a cancel by its token."""
     requests = [request] if isinstance(request, GenerateRequest) else list(request)
+    requests = [with_init_image(store, r) for r in requests]
     recipes = [recipe for r in requests for recipe in generator.plan(r)]
     batch_size = requests[0].batch_size if requests else 1
     model = generator.model
@@ -471,8 +552,58 @@ def generate_to_store(
     return done
 
 
-def regenerate(generator: Generator, recipe: Recipe) -> Image.Image:
-    """Render a stored recipe again, exactly: same model, VAE, LoRA file, seed and settings."""
+def resolve_init_image(store: Store, spec: str) -> tuple[int, Path]:
+    """The stored image an init image names: an id ("12", "#12") or an image file, which is checked
+    (as an import) and stored first, so its re-renders can be made again and link back to it. A
+    refused file is named with its reason, and nothing is written."""
+    text = spec.strip()
+    path = Path(text).expanduser()
+    if re.fullmatch(r"#?\d+", text) and not path.is_file():
+        row = store.image(int(text.lstrip("#")))
+        return row["id"], Path(row["path"])
+    from negalora.image_files import probe
+
+    try:
+        width, height = probe(path)
+        data = path.read_bytes()
+    except ImageRefused as exc:
+        raise NegaloraError(f"{path}: refused as an init image: {exc.reason}") from exc
+    except OSError as exc:
+        raise NegaloraError(f"{path}: cannot read the init image ({exc.strerror or exc})") from exc
+    stored = store.add_imported(data, path.suffix.lower(), width, height, path.name)
+    return stored.id, stored.path
+
+
+def with_init_image(store: Store, request: GenerateRequest) -> GenerateRequest:
+    """The request with its init image resolved to a stored file, and the prompt the init image was
+    made with when the request has none."""
+    if not request.init_image:
+        return request
+    image_id, path = resolve_init_image(store, request.init_image)
+    prompts = request.prompts
+    if not any(p.strip() for p in prompts):
+        own = store.recipe(image_id)
+        if own is None:
+            raise NegaloraError(f"image {image_id}: has no prompt of its own (imported); give one")
+        prompts = (own.prompt,)
+    return replace(request, init_image=str(path), prompts=prompts)
+
+
+def load_init_image(generator: Generator, store: Store, recipe: Recipe) -> None:
+    """Hold the init image a stored recipe was made from, found in the store by its hash."""
+    if not recipe.init_image or generator.has_init_image(recipe.init_image):
+        return
+    row = store.image_by_sha(recipe.init_image)
+    if row is None:
+        raise NegaloraError(f"init image {recipe.init_image[:10]}: no longer in the store (deleted?)")
+    if generator.add_init_image(Path(row["path"])) != recipe.init_image:
+        raise NegaloraError(f"{row['path']}: the init image's file changed since the image was made")
+
+
+def regenerate(generator: Generator, recipe: Recipe, store: Store | None = None) -> Image.Image:
+    """Render a stored recipe again, exactly: same model, VAE, LoRA file, init image, seed and settings."""
+    if store is not None:
+        load_init_image(generator, store, recipe)
     model = generator.model
     if recipe.model_hash != model.sha256:
         raise NegaloraError(

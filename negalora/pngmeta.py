@@ -76,6 +76,8 @@ def format_parameters(recipe: Recipe) -> str:
         pairs.append(("Lora hashes", f"{recipe.lora}: {recipe.lora_hash[:12]}"))
         if recipe.lora_passes != "both":  # negalora's own: the LoRA acted on the negative pass only
             pairs.append(("Lora passes", recipe.lora_passes))
+    if recipe.init_image:  # as A1111's img2img tab writes it; the init image's hash is negalora's own
+        pairs += [("Denoising strength", _fmt_float(recipe.strength)), ("Init image hash", recipe.init_image[:10])]
     if recipe.batch_size > 1:  # as A1111 writes them, only for a real batch
         pairs += [("Batch size", recipe.batch_size), ("Batch pos", recipe.batch_pos)]
     pairs += [("RNG", recipe.noise_device.upper()), ("Version", f"negalora {recipe.version}")]
@@ -173,6 +175,9 @@ def recipe_fields_from_parameters(text: str) -> dict:
         out["vae_hash"] = s["VAE hash"]
     if "RNG" in s:
         out["noise_device"] = s["RNG"].lower()
+    if "Denoising strength" in s and "Init image hash" in s:  # txt2img with hires fix writes the strength alone
+        out["strength"] = _number("Denoising strength", s["Denoising strength"], float)
+        out["init_image"] = s["Init image hash"]
     return out
 
 

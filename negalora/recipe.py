@@ -43,6 +43,8 @@ class Recipe:
     noise_device: str = "cpu"  # the seed's generator device: CPU noise is the same on every machine
     batch_size: int = 1  # images rendered in the same pipeline call (A1111's "Batch size")
     batch_pos: int = 0  # this image's place in it (A1111's "Batch pos")
+    init_image: str = ""  # img2img: sha256 of the init image's file as stored ("" from noise)
+    strength: float = 0.0  # img2img: A1111's "Denoising strength" (0 from noise)
     version: str = __version__
 
     def to_json(self) -> str:
@@ -61,6 +63,8 @@ class Recipe:
                 )
             elif f.default is MISSING:
                 raise BadRecipe(f"the recipe has no {f.name}")
+        if values.get("init_image") and not (0 < values.get("strength", 0.0) <= 1):
+            raise BadRecipe(f"the recipe's strength {values.get('strength', 0.0)} is not an img2img strength (0 to 1)")
         size, pos = values.get("batch_size", 1), values.get("batch_pos", 0)
         if not (1 <= size <= MAX_BATCH and 0 <= pos < size):
             raise BadRecipe(f"the recipe's batch size {size} and place {pos} are not a batch (1 to {MAX_BATCH})")

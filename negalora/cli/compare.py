@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from negalora.api import DEFAULT_STRENGTH
 from negalora.cli.common import (
     BATCH_HELP,
     add_common,
@@ -54,6 +55,21 @@ def add_parsers(sub) -> None:
         metavar="N|auto",
         help="cells per pipeline call within a column (default auto); " + BATCH_HELP.split(": ", 1)[1],
     )
+    c.add_argument(
+        "--init-image",
+        action="append",
+        default=[],
+        metavar="ID|FILE",
+        help="re-render this image in every column instead of a prompt (repeat for more rows); the prompt, "
+        "if given, is used for all of them, else each image's own",
+    )
+    c.add_argument(
+        "--strength",
+        type=float,
+        default=DEFAULT_STRENGTH,
+        metavar="S",
+        help=f"with --init-image: the denoising strength (default {DEFAULT_STRENGTH})",
+    )
     c.add_argument("--out", type=Path, metavar="FILE", help="also write the grid PNG here")
     c.add_argument("--model", metavar="M")
     c.add_argument("--device", metavar="D")
@@ -78,8 +94,8 @@ def cmd_compare(args) -> int:
 
     if args.scales and args.checkpoints:
         raise NegaloraError("--scales and --checkpoints: choose one sweep")
-    if not args.prompt and not args.prompt_set:
-        raise NegaloraError("give test prompts or --prompt-set NAME")
+    if not args.prompt and not args.prompt_set and not args.init_image:
+        raise NegaloraError("give test prompts, --prompt-set NAME or --init-image")
     width, height = parse_size(args.size)
     kind, steps_list = THREE_WAY, ()
     if args.scales:
@@ -108,6 +124,8 @@ def cmd_compare(args) -> int:
         scheduler=args.scheduler,
         prompt_set=args.prompt_set,
         batch_size=args.batch_size,
+        init_images=tuple(args.init_image),
+        strength=args.strength,
     )
     home, model, generator = load_for_generation(args, Generator)
     with Store(home) as store:

@@ -2,6 +2,7 @@
 
 import sys
 
+from negalora.api import DEFAULT_STRENGTH
 from negalora.cli.common import BATCH_HELP, add_common, batch_size, emit, load_for_generation, parse_size
 from negalora.errors import NegaloraError
 from negalora.lora_passes import DEFAULT, LORA_PASSES
@@ -11,7 +12,10 @@ from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 def add_parsers(sub) -> None:
     g = sub.add_parser("generate", help="generate images into the store")
     g.add_argument(
-        "prompt", nargs="+", help="one or more prompts (Compel syntax: (word)++, (word)1.3, .blend(), .and())"
+        "prompt",
+        nargs="*",
+        help="one or more prompts (Compel syntax: (word)++, (word)1.3, .blend(), .and()); with --init-image "
+        "the default is the prompt that image was made with",
     )
     g.add_argument("--negative", default="", metavar="N", help="negative prompt")
     g.add_argument(
@@ -52,6 +56,19 @@ def add_parsers(sub) -> None:
         help="guidance passes the LoRA acts on: both (as A1111/ComfyUI) or negative (the unconditional pass "
         f"only; default {DEFAULT})",
     )
+    g.add_argument(
+        "--init-image",
+        metavar="ID|FILE",
+        help="img2img: re-render a stored image (its id) or an image file (checked and stored first); "
+        "the size defaults to the image's own",
+    )
+    g.add_argument(
+        "--strength",
+        type=float,
+        default=DEFAULT_STRENGTH,
+        metavar="S",
+        help=f"img2img denoising strength, 0-1: the share of the steps re-run (A1111's; default {DEFAULT_STRENGTH})",
+    )
     g.add_argument("--device", metavar="D", help="cpu, cuda or mps (default: the best available)")
     add_common(g)
 
@@ -86,21 +103,29 @@ def cmd_generate(args) -> int:
         lora_passes=args.lora_passes,
         refiner_switch=args.refiner_switch,
         batch_size=args.batch_size,
+        init_image=args.init_image or "",
+        strength=args.strength,
     )
     check_request(request)  # before anything is loaded or written
+    if request.init_image:
+        check_init_image(request.init_image)
 
     from negalora.cancel import CancelToken
-    from negalora.generate import Generator, generate_to_store
+    from negalora.generate import Generator, generate_to_store, with_init_image
     from negalora.store import Store
 
     home, model, generator = load_for_generation(args, Generator)
-    generator.plan(request)  # model-dependent checks (size, LoRA file) before the store is touched
+    if not request.init_image:
+        generator.plan(request)  # model-dependent checks (size, LoRA file) before the store is touched
     with Store(home) as store:
+        if request.init_image:
+            request = with_init_image(store, request)  # a file is stored first, to be re-rendered again
+            generator.plan(request)
         bar = None
         if not args.json and sys.stderr.isatty():
             from tqdm import tqdm
 
-            bar = tqdm(total=len(args.prompt) * args.count, unit="img", file=sys.stderr)
+            bar = tqdm(total=len(request.prompts) * args.count, unit="img", file=sys.stderr)
         cancel = CancelToken()
         results = []
 
@@ -133,6 +158,7 @@ def cmd_generate(args) -> int:
             "scheduler": r.scheduler,
             "model": r.model,
             "batch_size": r.batch_size,
+            **({"init_image": r.init_image, "strength": r.strength} if r.init_image else {}),
         }
         for s, r in results
     ]
@@ -193,3 +219,19 @@ def cmd_make_wrong(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "make-wrong": cmd_make_wrong}
+
+
+def check_init_image(spec: str) -> None:
+    """A file given as an init image is checked before anything loads (an id is checked in the store)."""
+    import re
+    from pathlib import Path
+
+    from negalora.image_files import ImageRefused, probe
+
+    path = Path(spec).expanduser()
+    if re.fullmatch(r"#?\d+", spec.strip()) and not path.is_file():
+        return
+    try:
+        probe(path)
+    except ImageRefused as exc:
+        raise NegaloraError(f"{path}: refused as an init image: {exc.reason}") from exc

@@ -38,7 +38,7 @@ def cmd_regenerate(args) -> int:
             refiner=recipe.refiner_location or None,
         )
         hashes = HashCache(home.cache / "hashes.json")
-        image = regenerate(Generator(model, hashes), recipe)
+        image = regenerate(Generator(model, hashes), recipe, store)  # the store holds an init image
         stored = store.add_generated(
             recipe, store.ensure_model(model.name, model.source, model.location, model.sha256), png_bytes(image, recipe)
         )

@@ -1,20 +1,28 @@
 """Running a comparison: plan every cell's recipe, render them on one loaded pipeline, store each
 cell as a normal image, then write the labelled grid and record it all in the store."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from negalora.api import CHECKPOINT_SWEEP, DEFAULT_SCALES, KINDS, SCALE_SWEEP, THREE_WAY, CompareRequest
+from negalora.api import (
+    CHECKPOINT_SWEEP,
+    DEFAULT_SCALES,
+    KINDS,
+    SCALE_SWEEP,
+    THREE_WAY,
+    CompareRequest,
+    check_strength,
+)
 from negalora.atomic import atomic_write_bytes
 from negalora.cancel import CancelToken
 from negalora.compare import columns as cols
 from negalora.compare.grid import grid_png_bytes, render_grid
 from negalora.compare.prompt_sets import after_training_request
 from negalora.errors import Cancelled, NegaloraError
-from negalora.generate import GenerateRequest, Generator
+from negalora.generate import GenerateRequest, Generator, with_init_image
 from negalora.lora_passes import check_lora_passes
 from negalora.pngmeta import png_bytes
 from negalora.recipe import Recipe
@@ -117,7 +125,11 @@ def make_columns(request: CompareRequest, source: LoraSource) -> list[cols.Colum
 def check_compare_request(request: CompareRequest) -> None:
     if request.kind not in KINDS:
         raise NegaloraError(f"comparison kind {request.kind!r}: must be one of {', '.join(KINDS)}")
-    if not request.prompts or not any(p.strip() for p in request.prompts):
+    if request.init_images:
+        if len([p for p in request.prompts if p.strip()]) > 1:
+            raise NegaloraError("a comparison of re-renders takes one prompt for every image, or none (their own)")
+        check_strength(request.strength, request.steps)
+    elif not request.prompts or not any(p.strip() for p in request.prompts):
         raise NegaloraError("a comparison needs at least one prompt")
     if not request.seeds:
         raise NegaloraError("a comparison needs at least one seed")
@@ -148,17 +160,23 @@ class ComparisonResult:
     grid_path: Path | None = None
 
 
-def plan_cells(generator: Generator, request: CompareRequest, columns: list[cols.Column]) -> list[list[Recipe]]:
-    """recipes[row][col]; rows are prompt × seed, prompt-major. Only the column's stated differences vary."""
+def plan_cells(
+    generator: Generator, request: CompareRequest, columns: list[cols.Column], inits: Sequence[GenerateRequest] = ()
+) -> list[list[Recipe]]:
+    """recipes[row][col]; rows are prompt × seed, prompt-major (or init image × seed, with ``inits``:
+    each a request whose init image and prompt are resolved). Only the column's stated differences vary."""
     negative_with_token = ", ".join(p for p in (request.base_negative, request.token) if p)
+    sources = [(init.prompts[0], init.init_image) for init in inits] or [(p, "") for p in request.prompts]
     recipes = []
-    for prompt in request.prompts:
+    for prompt, init_image in sources:
         for seed in request.seeds:
             row = []
             for column in columns:
                 (recipe,) = generator.plan(
                     GenerateRequest(
                         prompts=(prompt,),
+                        init_image=init_image,
+                        strength=request.strength,
                         negative=negative_with_token if column.with_token else request.base_negative,
                         count=1,
                         seed=seed,
@@ -194,10 +212,15 @@ def run_comparison(
     source = resolve_lora(store, request.lora, request.step)
     _check_base_model(store, source, generator)
     columns = make_columns(request, source)
-    rows = [(p, s) for p in request.prompts for s in request.seeds]
+    one_prompt = tuple(p for p in request.prompts if p.strip())[:1]
+    inits = [
+        with_init_image(store, GenerateRequest(prompts=one_prompt, init_image=spec, strength=request.strength))
+        for spec in request.init_images
+    ]
+    rows = [(p, s) for p in ([i.prompts[0] for i in inits] or request.prompts) for s in request.seeds]
     if len(rows) * len(columns) > MAX_CELLS:
         raise NegaloraError(f"{len(rows) * len(columns)} cells: more than {MAX_CELLS} in one comparison")
-    recipes = plan_cells(generator, request, columns)  # every check before the first cell
+    recipes = plan_cells(generator, request, columns, inits)  # every check before the first cell
     model = generator.model
     model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
     prompt_set_id = store.prompt_set(request.prompt_set)["id"] if request.prompt_set else None
@@ -250,7 +273,10 @@ def run_comparison(
         "run": source.run_id,
         "step": source.step,
         "columns": [c.to_dict() for c in columns],
-        "rows": [{"prompt": p, "seed": s} for p, s in rows],
+        "rows": [
+            {"prompt": p, "seed": s, **({"init_image": recipes[r][0].init_image} if inits else {})}
+            for r, (p, s) in enumerate(rows)
+        ],
         "cell_upscale": factor,
         "cells": [[cell.id if cell else None for cell in row] for row in result.cells],
         "recipes": [[recipes[r][c].to_json() for c in range(len(columns))] for r in range(len(rows))],

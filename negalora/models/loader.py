@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from negalora.models.quiet import quiet_libraries
+
+# Before diffusers' pipelines import transformers: its import-time notes (no torchvision) are noise here.
+quiet_libraries()
+
 from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 from negalora import checkpoint_kind as ck
@@ -15,14 +20,11 @@ from negalora.errors import NegaloraError
 from negalora.hashing import HashCache, sha256_bytes
 from negalora.home import Home
 from negalora.models.demo import DEMO_NAME, DEMO_SIZE, ensure_demo_folder
-from negalora.models.quiet import quiet_libraries
 from negalora.models.tokenizer import PAD_CLIP_L, PAD_OPENCLIP, clip_tokenizer
 from negalora.resources import SDXL_BASE_CONFIG, SDXL_REFINER_CONFIG
 from negalora.safetensors_check import PICKLE_SUFFIXES, check_safetensors
 
 SDXL_SIZE = 1024
-
-quiet_libraries()
 
 
 @dataclass

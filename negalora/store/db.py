@@ -262,6 +262,19 @@ class Store(EvaluationTables):
             sql += f" LIMIT {int(limit)}"
         return [_image_row(r, self.home) for r in self.db.query(sql, params)]
 
+    def image_by_sha(self, sha256: str) -> dict | None:
+        """The image whose file has this sha256, if the store holds it."""
+        rows = list(self.db.query(_IMAGE_SELECT + " WHERE i.sha256 = ?", [sha256]))
+        return _image_row(rows[0], self.home) if rows else None
+
+    def source_of(self, image_id: int) -> int | None:
+        """The image a re-render was made from (its recipe's init image), if the store still holds it."""
+        recipe = self.recipe(image_id)
+        if recipe is None or not recipe.init_image:
+            return None
+        row = self.image_by_sha(recipe.init_image)
+        return row["id"] if row else None
+
     def gallery_rows(
         self, verdict: str | None = None, text: str | None = None, before_id: int | None = None, limit: int = 1000
     ) -> list[dict]:

@@ -116,7 +116,9 @@ class WorkerServer:
             if isinstance(wanted, api.CompareRequest):
                 self._compare(job, wanted, generator, store, token)
                 return
-            requests = list(wanted.requests)
+            from negalora.generate import with_init_image
+
+            requests = [with_init_image(store, r) for r in wanted.requests]  # an init file is stored first
             total = sum(len(generator.plan(r)) for r in requests)  # all checks before the first image
             self.out.send({"type": "started", "job": job, "total": total})
             ids: list[int] = []
