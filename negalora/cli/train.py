@@ -4,6 +4,7 @@ import os
 import sys
 
 from negalora.cli.common import add_common, emit, load_model_from_args, model_spec
+from negalora.train.config import DEFAULT_BETA, OBJECTIVES
 
 
 def add_parsers(sub) -> None:
@@ -67,6 +68,21 @@ def add_parsers(sub) -> None:
     t.add_argument("--class-prompt", metavar="P", help='caption of the class images (default "": unconditional)')
     t.add_argument("--class-images", type=int, metavar="N", help="class images (default: as many as the rejects)")
     t.add_argument("--prior-weight", type=float, metavar="W", help="weight of the class loss (default 1)")
+    t.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        help="dreambooth: the rejects as the token (default); kto: every pick and reject with its own prompt "
+        "(Diffusion-KTO); dpo: pairs of one prompt, from blind votes, then a pick and a reject (Diffusion-DPO)",
+    )
+    t.add_argument(
+        "--beta",
+        type=float,
+        metavar="B",
+        help="kto/dpo: how hard the preference pulls "
+        f"(default kto {DEFAULT_BETA['kto']:g}, dpo {DEFAULT_BETA['dpo']:g})",
+    )
+    t.add_argument("--desirable-weight", type=float, metavar="W", help="kto: the picks' weight (default 1)")
+    t.add_argument("--undesirable-weight", type=float, metavar="W", help="kto: the rejects' weight (default 1)")
     t.add_argument("--since", metavar="DATE", help="only rejects rated on or after this ISO date/time")
     t.add_argument("--until", metavar="DATE", help="only rejects rated on or before this ISO date/time")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
@@ -108,10 +124,20 @@ def cmd_train(args) -> int:
                 print(f"negalora: refused {r['path']}: {r['reason']}", file=sys.stderr)
             for w in e["warnings"]:
                 print(f"negalora: warning: {w}", file=sys.stderr)
+            for x in e.get("left_out", []):
+                print(f"negalora: left out {x['what']}: {x['reason']}", file=sys.stderr)
+            if "labels" in e:
+                print(f"negalora: kto: {e['labels']['pick']} picks, {e['labels']['reject']} rejects", file=sys.stderr)
+            if "pairs" in e:
+                print(f"negalora: dpo: {e['pairs']} pairs", file=sys.stderr)
         elif e["type"] == "train_step":
             last.update(e)
             if not args.json and (e["step"] % 10 == 0 or e["step"] == e["steps"]):
-                print(f"step {e['step']}/{e['steps']}  loss {e['loss']:.4f}  {e['it_s']:.2f} it/s", file=sys.stderr)
+                margin = f"  margin {e['reward_margin']:+.4g}" if "reward_margin" in e else ""
+                print(
+                    f"step {e['step']}/{e['steps']}  loss {e['loss']:.4f}{margin}  {e['it_s']:.2f} it/s",
+                    file=sys.stderr,
+                )
         elif e["type"] == "nan_skip" and not args.json:
             print(f"negalora: step {e['step']}: non-finite loss, skipped", file=sys.stderr)
 

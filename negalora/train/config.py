@@ -13,6 +13,11 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine")
 OPTIMIZERS = ("adamw", "adamw8bit")
 MIXED = ("no", "bf16", "fp16")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile's; inductor makes the fast kernels
+# dreambooth: the rejects as the `wrong` token (Woolf). kto: every pick (desirable) and reject
+# (undesirable) with its own prompt (Diffusion-KTO). dpo: pairs of one prompt, preferred and not
+# (Diffusion-DPO): blind votes first, then a pick and a reject of one prompt and size.
+OBJECTIVES = ("dreambooth", "kto", "dpo")
+DEFAULT_BETA = {"kto": 1000.0, "dpo": 5000.0}  # the papers' (diffusers' DPO-SDXL script uses 5000)
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,22 @@ class TrainConfig:
     prior_weight: float = 1.0
     class_steps: int = 25  # sampling steps used to make the class images
     extra: tuple[str, ...] = field(default_factory=tuple)  # files or folders trained on besides the rejects
+    objective: str = "dreambooth"  # one of OBJECTIVES
+    beta: float | None = None  # kto/dpo: the strength of the preference (None: DEFAULT_BETA)
+    desirable_weight: float = 1.0  # kto: the weight of the picks' loss (lambda_D)
+    undesirable_weight: float = 1.0  # kto: the weight of the rejects' loss (lambda_U)
 
     @property
     def lora_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
+
+    @property
+    def preference(self) -> bool:
+        return self.objective in DEFAULT_BETA
+
+    @property
+    def preference_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.objective, 0.0)
 
     @property
     def target_modules(self) -> tuple[str, ...]:
@@ -108,6 +125,18 @@ class TrainConfig:
             raise NegaloraError(f"validation CFG {self.validation_guidance}: must be between 0 and 50")
         if self.prior_weight < 0 or self.class_images < 0 or self.class_steps < 1:
             raise NegaloraError("prior weight and class images must not be negative; class steps at least 1")
+        if self.objective not in OBJECTIVES:
+            raise NegaloraError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.preference:
+            if self.beta is not None and self.beta <= 0:
+                raise NegaloraError(f"beta {self.beta}: must be above 0")
+            if self.desirable_weight < 0 or self.undesirable_weight < 0:
+                raise NegaloraError("KTO's desirable and undesirable weights must not be negative")
+            if self.train_text_encoder or self.prior_preservation:
+                raise NegaloraError(
+                    f"{self.objective}: the base model is the reference, so the text encoders stay frozen and "
+                    "there is no prior preservation (drop --train-text-encoder / --prior-preservation)"
+                )
 
 
 PRESETS = {

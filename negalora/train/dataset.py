@@ -30,6 +30,8 @@ class Candidate:
     path: Path
     image_id: int | None  # store id, None for files given directly
     reasons: tuple[str, ...] = ()
+    caption: str | None = None  # the image's own prompt (kto, dpo); None: the token (dreambooth)
+    label: str = ""  # kto: pick (desirable) or reject (undesirable)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class TrainImage:
     caption: str
     width: int  # after EXIF orientation
     height: int
+    label: str = ""  # kto: pick or reject
 
 
 @dataclass(frozen=True)
@@ -188,9 +191,10 @@ def _check_one(cand: Candidate, token: str, with_reasons: bool, max_pixels: int)
             path=cand.path,
             image_id=cand.image_id,
             sha256=pixel_sha256(im),
-            caption=caption_for(cand, token, with_reasons),
+            caption=cand.caption if cand.caption is not None else caption_for(cand, token, with_reasons),
             width=im.width,
             height=im.height,
+            label=cand.label,
         )
     finally:
         im.close()  # only the facts are kept: 100 decoded 8K images would not fit in memory

@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,6 +44,16 @@ def add_lora(model, config: TrainConfig, *, text: bool = False) -> list[torch.nn
         p.data = p.data.float()
         p.requires_grad_(True)
     return params
+
+
+@contextmanager
+def lora_off(model):
+    """The model as it was before its LoRA: the frozen reference of the preference objectives."""
+    model.disable_adapters()
+    try:
+        yield model
+    finally:
+        model.enable_adapters()
 
 
 def peft_state(unet) -> dict[str, torch.Tensor]:

@@ -5,7 +5,8 @@ Functions of tensors, the noise scheduler, config values and a generator. The ge
 one order (the noise, its offset, the timesteps), so a seed always gives the same loss.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ class Batch:
     embeds: torch.Tensor | None = None  # [b, tokens, dim]: the prompt embeddings
     pooled: torch.Tensor | None = None  # [b, dim]: the pooled text embedding
     captions: tuple[str, ...] = ()
+    desirable: torch.Tensor | None = None  # KTO: [b] bool, a pick (True) or a reject (False)
 
     @property
     def encoded(self) -> bool:
@@ -148,3 +150,89 @@ def denoising_loss(
     pred = predict(unet, noised.noisy, noised.timesteps, batch, weight_dtype)
     target = prediction_target(noise_scheduler, batch.latents, noised.noise, noised.timesteps)
     return prediction_loss(pred, target, noise_scheduler, noised.timesteps, min_snr_gamma)
+
+
+# -- learning from preferences (picks, rejects, votes) -------------------------------------------
+
+
+def image_errors(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each image's mean squared denoising error, in fp32: [b]."""
+    return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+
+
+def kto_loss(
+    model_err: torch.Tensor,
+    ref_err: torch.Tensor,
+    desirable: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion-KTO (Li et al. 2024) on per-image labels. The implicit reward of an image is how much
+    better the LoRA denoises it than the frozen base (``ref_err - model_err``); the loss pushes the
+    reward of desirable images above the reference point and of undesirable ones below it. The
+    reference point is KTO's estimate of the divergence from the base: the batch's mean reward,
+    at least 0, with no gradient. Returns the loss and the reward margin (desirable's mean reward
+    minus undesirable's; 0 for a side the batch lacks)."""
+    reward = ref_err - model_err
+    z0 = reward.mean().clamp(min=0).detach()
+    inside = torch.where(desirable, beta * (reward - z0), beta * (z0 - reward))
+    weights = torch.where(desirable, desirable_weight, undesirable_weight).to(reward)
+    loss = (weights * (1 - torch.sigmoid(inside))).mean()
+    good, bad = reward[desirable], reward[~desirable]
+    margin = (good.mean() if good.numel() else reward.new_zeros(())) - (bad.mean() if bad.numel() else 0.0)
+    return loss, margin.detach()
+
+
+def dpo_loss(
+    model_err_w: torch.Tensor,
+    model_err_l: torch.Tensor,
+    ref_err_w: torch.Tensor,
+    ref_err_l: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion-DPO (Wallace et al. 2023), as diffusers' ``train_diffusion_dpo_sdxl.py``: for pairs of
+    a preferred (w) and a rejected (l) image of one prompt, noised alike, the LoRA should lower the
+    preferred image's error relative to the base more than the rejected one's. Returns the loss and
+    the mean reward margin (the sigmoid's argument: above 0 when the pair is ranked right)."""
+    inside = -0.5 * beta * ((model_err_w - model_err_l) - (ref_err_w - ref_err_l))
+    return -F.logsigmoid(inside).mean(), inside.mean().detach()
+
+
+def preference_loss(
+    unet,
+    reference: Callable[[], AbstractContextManager],
+    noise_scheduler,
+    batch: Batch,
+    generator: torch.Generator,
+    *,
+    objective: str,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    weight_dtype: torch.dtype = torch.float32,
+    noise_offset: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KTO or DPO loss of one encoded micro-batch and its reward margin. ``reference()`` is a
+    context in which ``unet`` predicts as the frozen base (the LoRA off). A DPO batch holds its pairs'
+    preferred images first, then their rejected ones in the same order; both get the same noise and
+    timestep."""
+    latents = batch.latents
+    if objective == "dpo":
+        half = latents.shape[0] // 2
+        drawn = add_noise(latents[:half], noise_scheduler, generator, noise_offset)
+        noise, timesteps = drawn.noise.repeat(2, 1, 1, 1), drawn.timesteps.repeat(2)
+        noised = Noised(noise, timesteps, noise_scheduler.add_noise(latents, noise, timesteps))
+    else:
+        noised = add_noise(latents, noise_scheduler, generator, noise_offset)
+    target = prediction_target(noise_scheduler, latents, noised.noise, noised.timesteps)
+    model_err = image_errors(predict(unet, noised.noisy, noised.timesteps, batch, weight_dtype), target)
+    with torch.no_grad(), reference():
+        ref_err = image_errors(predict(unet, noised.noisy, noised.timesteps, batch, weight_dtype), target)
+    if objective == "dpo":
+        (mw, ml), (rw, rl) = model_err.chunk(2), ref_err.chunk(2)
+        return dpo_loss(mw, ml, rw, rl, beta)
+    if batch.desirable is None:
+        raise ValueError("a KTO batch needs its images' labels")
+    desirable = batch.desirable.to(model_err.device)
+    return kto_loss(model_err, ref_err, desirable, beta, desirable_weight, undesirable_weight)

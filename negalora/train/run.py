@@ -54,7 +54,9 @@ class TrainingRun:
     text: dict = field(default_factory=dict)  # caption -> (embeds, pooled)
     params: list = field(default_factory=list)  # everything the optimizer trains
     text_params: list = field(default_factory=list)  # the text encoders' share of them
-    schedules: tuple[Schedule, ...] = ()  # stream 0 the samples, 1 the class samples
+    schedules: tuple[Schedule, ...] = ()  # stream 0 the samples (dpo: the pairs), 1 the class samples
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # dpo: (preferred, rejected) sample indices
+    desirable: list[bool] = field(default_factory=list)  # kto: each sample a pick (True) or a reject
 
 
 class LossLog:

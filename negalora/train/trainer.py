@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,8 +42,8 @@ from negalora.train.distributed import (
     mixed_precision,
     weight_dtype,
 )
-from negalora.train.lora import add_lora
-from negalora.train.objective import Batch, collate, denoising_loss, with_prior
+from negalora.train.lora import add_lora, lora_off
+from negalora.train.objective import Batch, collate, denoising_loss, preference_loss, with_prior
 from negalora.train.run import LossLog as _LossLog  # a name tests patch
 from negalora.train.run import RunResult, TrainingRun, new_run_id, peak_memory_mb, shapes
 from negalora.train.samples import prepare_samples
@@ -74,6 +74,8 @@ class Trainer:
         self._dist = distributed_state(model)
         self._main = is_main(self._dist)
         self._rank = 0
+        self._raw_unet = None  # the UNet under accelerate's wrapper: its LoRA is switched off for the reference
+        self._margin = torch.zeros(())  # kto/dpo: the step's reward margin, summed over its micro-batches
 
     def _emit(self, event: dict) -> None:
         if self._main:
@@ -82,26 +84,53 @@ class Trainer:
     # -- public ---------------------------------------------------------------------------
 
     def start(self, config: TrainConfig, *, since: str | None = None, until: str | None = None) -> RunResult:
-        """A new run on the store's rejects (and ``config.extra`` files)."""
+        """A new run on the store's rejects (and ``config.extra`` files), or, for the preference
+        objectives, on its picks and rejects (kto) or preferred pairs (dpo)."""
         from negalora.train.dataset import collect_rejects, preflight
+        from negalora.train.preferences import collect_labels, collect_pairs, pair_indices
 
         config.check()
-        candidates = collect_rejects(
-            self.store, reasons=config.reasons or None, since=since, until=until, extra=[Path(p) for p in config.extra]
-        )
+        left, id_pairs = [], []
+        if config.objective == "kto":
+            candidates, left = collect_labels(self.store)
+        elif config.objective == "dpo":
+            candidates, id_pairs, left = collect_pairs(self.store)
+        else:
+            extra = [Path(p) for p in config.extra]
+            candidates = collect_rejects(
+                self.store, reasons=config.reasons or None, since=since, until=until, extra=extra
+            )
         report = preflight(candidates, token=config.token, with_reasons=config.captions_with_reasons)
+        pairs, lost = pair_indices(report.images, id_pairs)
+        left += lost
+        labels = {v: sum(i.label == v for i in report.images) for v in ("pick", "reject")}
         self._emit(
             {
                 "type": "preflight",
+                "objective": config.objective,
                 "images": len(report.images),
                 "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
+                "left_out": [{"what": x.what, "reason": x.reason} for x in left],
                 "warnings": report.warnings,
+                **({"labels": labels} if config.objective == "kto" else {}),
+                **({"pairs": len(pairs)} if config.objective == "dpo" else {}),
             }
         )
+        if config.objective == "dpo" and not pairs:
+            raise NegaloraError(
+                "no pairs for DPO: vote in blind A/B comparisons, or pick and reject images of the same prompt"
+            )
+        if config.objective == "kto" and not (labels["pick"] and labels["reject"]):
+            raise NegaloraError(
+                f"KTO learns from picks and rejects: {labels['pick']} picks, {labels['reject']} rejects"
+            )
         if not report.images:
             raise NegaloraError("no training images: reject some images first (or pass files to train on)")
         if not config.validation_prompts:
             config = _with_validation_prompts(config, self.model)
+        if config.preference and config.validation_passes == "negative":
+            # a preference LoRA learns the prompt's own pass: its validation shows it on both
+            config = replace(config, validation_passes="both")
         run_id = new_run_id()
         if self._main:
             run_dir = self.home.runs / run_id
@@ -112,6 +141,8 @@ class Trainer:
                 "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
                 "warnings": report.warnings,
                 "model": {"name": self.model.name, "location": self.model.location, "sha256": self.model.sha256},
+                "pairs": [list(p) for p in pairs],  # dpo: (preferred, rejected) indices into images
+                "left_out": [{"what": x.what, "reason": x.reason} for x in left],
             }
             atomic_write_text(run_dir / "dataset.json", json.dumps(dataset, indent=2))
             model_id = self.store.ensure_model(
@@ -122,7 +153,7 @@ class Trainer:
             from accelerate.utils import broadcast_object_list
 
             run_id = broadcast_object_list([run_id])[0]
-        return self._run(run_id, config, report.images, start_step=0)
+        return self._run(run_id, config, report.images, start_step=0, pairs=pairs)
 
     def resume(self, run_id: str) -> RunResult:
         """Continue a run from its last checkpoint; the step count keeps counting."""
@@ -143,7 +174,10 @@ class Trainer:
             raise NegaloraError(f"run {run_id} already finished its {config.steps} steps")
         if self._main:
             self.store.update_run(run_id, status="running", message="")
-        return self._run(run_id, config, images, start_step=start, resume_from=saved[-1] if saved else None)
+        pairs = [(int(w), int(lo)) for w, lo in dataset.get("pairs", [])]
+        return self._run(
+            run_id, config, images, start_step=start, resume_from=saved[-1] if saved else None, pairs=pairs
+        )
 
     # -- the run --------------------------------------------------------------------------
 
@@ -163,8 +197,14 @@ class Trainer:
         accelerator = run.accelerator
         samples = run.class_samples if stream else run.samples
         picks = run.schedules[stream].at(step, micro, accelerator.num_processes, accelerator.process_index)
+        if run.config.objective == "dpo" and not stream:  # the pairs' preferred images, then their rejected ones
+            chosen = [samples[run.pairs[k][0]][v] for k, v in picks] + [samples[run.pairs[k][1]][v] for k, v in picks]
+            return collate(chosen, run.text)
         # while the encoders learn, their outputs are made in _loss
-        return collate([samples[i][v] for i, v in picks], run.text, encode_text=run.config.train_text_encoder)
+        batch = collate([samples[i][v] for i, v in picks], run.text, encode_text=run.config.train_text_encoder)
+        if run.config.objective == "kto" and not stream:
+            batch = replace(batch, desirable=torch.tensor([run.desirable[i] for i, _ in picks]))
+        return batch
 
     def _loss(self, unet, noise_scheduler, config, batch: Batch, step: int, micro: int, device, weight_dtype, stream=0):
         if not batch.encoded:  # captions: encode them with the LoRA'd text encoders, with gradients
@@ -176,6 +216,23 @@ class Trainer:
             )
             batch = batch.with_text(embeds, pooled)
         generator = noise_generator(config.seed, step, micro, stream, self._rank)
+        if config.preference:
+            raw = self._raw_unet if self._raw_unet is not None else unet
+            loss, margin = preference_loss(
+                unet,
+                lambda: lora_off(raw),
+                noise_scheduler,
+                batch.to(device),
+                generator,
+                objective=config.objective,
+                beta=config.preference_beta,
+                desirable_weight=config.desirable_weight,
+                undesirable_weight=config.undesirable_weight,
+                weight_dtype=weight_dtype,
+                noise_offset=config.noise_offset,
+            )
+            self._margin = self._margin + margin / config.grad_accum
+            return loss
         return denoising_loss(
             unet,
             noise_scheduler,
@@ -186,13 +243,14 @@ class Trainer:
             min_snr_gamma=config.min_snr_gamma,
         )
 
-    def _run(self, run_id, config: TrainConfig, images, *, start_step: int, resume_from: dict | None = None):
+    def _run(self, run_id, config: TrainConfig, images, *, start_step: int, resume_from: dict | None = None, pairs=()):
         pipe = self.model.pipe
         mixed = mixed_precision(config.mixed_precision, self.model.placement.device)
         encoders = [getattr(pipe, n) for n in TEXT_ENCODERS] if config.train_text_encoder else []
         frozen = ("vae",) if encoders else ("vae", *TEXT_ENCODERS)
         run_dir = self.home.runs / run_id
         run = TrainingRun(run_id, config, run_dir, start_step, mixed, weight_dtype(mixed), pipe.unet, encoders, frozen)
+        run.pairs, run.desirable = list(pairs), [i.label == "pick" for i in images]
         status, message, last_loss = "failed", "", None
         try:
             self._setup(run, images, resume_from)
@@ -278,7 +336,7 @@ class Trainer:
         run.unet, run.optimizer = accelerator.prepare(unet, optimizer)
         # prepare() wraps the shared UNet's forward in autocast with fp32 outputs; the loss already runs
         # under accelerator.autocast(), and the wrapper would break generation (bf16 VAE, fp32 latents).
-        accelerator.unwrap_model(run.unet, keep_fp32_wrapper=False)
+        self._raw_unet = accelerator.unwrap_model(run.unet, keep_fp32_wrapper=False)
         if accelerator.scaler is not None and resume_meta and resume_meta.get("scaler"):
             accelerator.scaler.load_state_dict(resume_meta["scaler"])  # fp16: the loss scale goes on too
         run.noise_scheduler = DDPMScheduler.from_config(self.model.scheduler_config)
@@ -291,7 +349,8 @@ class Trainer:
                 seed=config.seed,
                 stream=k,
             )
-            for k, s in enumerate((run.samples, run.class_samples))
+            # dpo: the schedule is over pairs (each the shape of its preferred image; both share a bucket)
+            for k, s in enumerate((_scheduled(run), run.class_samples))
         )
 
     def _loop(self, run: TrainingRun) -> tuple[str, str, float | None]:
@@ -318,7 +377,10 @@ class Trainer:
                 # The one host sync of a step: its loss, and whether it and the gradients are finite (a finite
                 # loss with non-finite gradients, half precision, must not reach the weights either).
                 parts = [total] if norm is None else [total, torch.as_tensor(norm, device=total.device).float()]
+                if config.preference:  # its reward margin rides on the same sync
+                    parts.append(self._margin.to(total.device).float())
                 loss_value, *norm_value = torch.stack(parts).tolist()
+                margin = norm_value.pop() if config.preference else None
                 finite = not any_process(not all(math.isfinite(v) for v in (loss_value, *norm_value)), accelerator)
                 if not finite:
                     if accelerator.scaler is not None:
@@ -345,7 +407,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 last_loss = loss_value
                 losses.add(step, loss_value, lr)
-                self._report_step(run, step, loss_value, lr, time.monotonic() - t_start)
+                self._report_step(run, step, loss_value, lr, time.monotonic() - t_start, margin)
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     losses.flush()  # a checkpoint's losses are in the database before the checkpoint is
                     self._checkpoint(run, step)
@@ -359,6 +421,7 @@ class Trainer:
         config, accelerator = run.config, run.accelerator
         device = accelerator.device
         total = torch.zeros((), device=device)
+        self._margin = torch.zeros((), device=device)
         for micro in range(config.grad_accum):
             batch = self._batch(run, step, micro)
             last_micro = micro == config.grad_accum - 1
@@ -383,7 +446,9 @@ class Trainer:
             total = accelerator.reduce(total, reduction="mean")
         return total
 
-    def _report_step(self, run: TrainingRun, step: int, loss: float, lr: float, elapsed: float) -> None:
+    def _report_step(
+        self, run: TrainingRun, step: int, loss: float, lr: float, elapsed: float, margin: float | None = None
+    ) -> None:
         done_here = step - run.start_step
         self._emit(
             {
@@ -396,6 +461,7 @@ class Trainer:
                 "it_s": done_here / elapsed if elapsed > 0 else 0.0,
                 "eta_s": elapsed / done_here * (run.config.steps - step),
                 "peak_mem_mb": peak_memory_mb(run.accelerator.device),
+                **({"reward_margin": margin} if margin is not None else {}),
             }
         )
 
@@ -416,6 +482,13 @@ class Trainer:
 
     def _prune(self, run_id: str, config: TrainConfig) -> None:
         checkpoints.prune(self.store, run_id, config.keep_last)
+
+
+def _scheduled(run: TrainingRun) -> list:
+    """What stream 0's schedule draws from: the samples, or for dpo the pairs (as their preferred images)."""
+    if run.config.objective == "dpo":
+        return [run.samples[w] for w, _ in run.pairs]
+    return run.samples
 
 
 def _with_validation_prompts(config: TrainConfig, model: LoadedModel) -> TrainConfig:
