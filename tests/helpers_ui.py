@@ -17,3 +17,27 @@ def seed_home(home, n=6):
         ids.append(store.add_generated(recipe, None, png_bytes(Image.new("RGB", (32, 32), COLORS[i % 10]), recipe)).id)
     store.close()
     return ids
+
+
+def add_rerender(home, source_id, strength=0.5, seed=900, color="pink"):
+    """A stored img2img result of ``source_id``: its recipe names the source's sha256 and the strength."""
+    store = Store(home)
+    try:
+        source = store.image(source_id)
+        recipe = Recipe(
+            f"a re-render of {source_id}",
+            "wrong",
+            seed,
+            5,
+            7.0,
+            32,
+            32,
+            "Euler",
+            "demo",
+            "ab" * 32,
+            init_image=source["sha256"],
+            strength=strength,
+        )
+        return store.add_generated(recipe, None, png_bytes(Image.new("RGB", (32, 32), color), recipe)).id
+    finally:
+        store.close()

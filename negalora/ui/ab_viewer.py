@@ -1,4 +1,5 @@
 """A/B viewer for two images of a fixed-seed comparison: side by side, flip, or wipe, under one shared zoom and pan.
+``ABDialog`` shows any two images in it in a window of their own (a re-render beside its source).
 
 The view transform belongs to image A: ``zoom`` is screen pixels (device-independent) per pixel of A, and ``pan`` is
 the point of A shown at the centre of every pane. B is always drawn into A's rectangle, so a B of another size is
@@ -12,6 +13,7 @@ from PySide6.QtCore import QPointF, QRect, QRectF, QSize, QSizeF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPen, QPixmap, QPolygonF, QWheelEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QDialog,
     QHBoxLayout,
     QLabel,
     QSizePolicy,
@@ -459,3 +461,27 @@ class ABViewer(QWidget):
             self.setCursor(Qt.CursorShape.SplitHCursor)
         else:
             self.setCursor(Qt.CursorShape.OpenHandCursor)
+
+
+class ABDialog(QDialog):
+    """Two images in the A/B viewer, in a window of their own; ``show_pair`` shows another pair in it."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("A/B")
+        self.viewer = ABViewer()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.viewer)
+        self.resize(1100, 640)
+
+    def show_pair(
+        self, a: QImage | str | Path, b: QImage | str | Path, a_label: str = "", b_label: str = "", title: str = ""
+    ) -> None:
+        self.viewer.set_images(a, b, a_label, b_label)
+        self.viewer.set_mode("side")
+        self.setWindowTitle(title or "A/B")
+        self.show()
+        self.raise_()
+        self.activateWindow()
+        self.viewer.setFocus()

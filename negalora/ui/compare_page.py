@@ -1,7 +1,10 @@
 """The Compare page: choose a LoRA (a run's checkpoint or a file) and test prompts, render a
-fixed-seed grid in the worker, look at any two columns in the A/B viewer, and vote blind."""
+fixed-seed grid in the worker, look at any two columns in the A/B viewer, and vote blind. With init
+images (gallery ids) the rows are those images re-rendered (img2img) in every column instead."""
 
+import re
 import textwrap
+from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
@@ -29,13 +32,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from negalora.api import CHECKPOINT_SWEEP, DEFAULT_SCALES, SCALE_SWEEP, THREE_WAY, CompareRequest
+from negalora.api import (
+    CHECKPOINT_SWEEP,
+    DEFAULT_SCALES,
+    DEFAULT_STRENGTH,
+    SCALE_SWEEP,
+    THREE_WAY,
+    CompareRequest,
+    check_strength,
+)
 from negalora.compare.prompt_sets import DEFAULT_SET, ensure_default_set
 from negalora.compare.votes import win_rates
 from negalora.errors import NegaloraError
 from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
 from negalora.store import Store
 from negalora.ui.ab_viewer import ABViewer
+from negalora.ui.rerender_dialog import STRENGTH_TIP
 
 KIND_LABELS = {
     THREE_WAY: "Three-way (base | negative | LoRA)",
@@ -45,6 +57,12 @@ KIND_LABELS = {
 PASSES_LABELS = {BOTH: "Both guidance passes", NEGATIVE: "Negative pass only"}
 FILE_SOURCE = "__file__"
 THUMB = 112
+PROMPT_HINT = "one test prompt per line"
+INIT_PROMPT_HINT = "optional: one prompt for every image (empty: each image's own)"
+INIT_HINT = (
+    "Empty: the rows are the test prompts. With ids: each image re-rendered (img2img) in every "
+    "column, once per seed, with its own prompt unless one prompt is given above."
+)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -66,6 +84,20 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def parse_image_ids(text: str) -> tuple[str, ...]:
+    """ "12, 15" or "#12 #15" → ("12", "15"): gallery ids in the order given, each once."""
+    ids: list[str] = []
+    for part in re.split(r"[,;\s]+", text.strip()):
+        if not part:
+            continue
+        if not re.fullmatch(r"#?\d+", part):
+            raise NegaloraError(f"init images: {part!r} is not a gallery id (give ids like 12, 15 or #12 #15)")
+        image_id = str(int(part.lstrip("#")))
+        if image_id not in ids:
+            ids.append(image_id)
+    return tuple(ids)
+
+
 class ComparePage(QWidget):
     render_requested = Signal(dict)  # a CompareRequest as a dict
     cancel = Signal()
@@ -76,6 +108,8 @@ class ComparePage(QWidget):
         super().__init__(parent)
         self.store = store
         self.comparison: dict | None = None  # the one on screen: id, columns, rows, cells {(r, c): (id, path)}
+        self._set_aside: str | None = None  # the test prompts, while init images stand in for them
+        self._had_inits = False
 
         # -- the LoRA
         self.source = QComboBox()
@@ -107,7 +141,7 @@ class ComparePage(QWidget):
         self.save_set = QPushButton("Save set")
         self.save_set.clicked.connect(self._save_set)
         self.prompts = QPlainTextEdit()
-        self.prompts.setPlaceholderText("one test prompt per line")
+        self.prompts.setPlaceholderText(PROMPT_HINT)
         self.prompts.setFixedHeight(90)
         self.seeds = QLineEdit("1, 2")
         self.seeds.setToolTip("Seeds for every prompt: 1, 2, 5-8")
@@ -119,6 +153,29 @@ class ComparePage(QWidget):
         pf.addRow("Set", set_row)
         pf.addRow(self.prompts)
         pf.addRow("Seeds", self.seeds)
+
+        # -- or images to re-render: the rows are then those images, img2img in every column
+        self.init_images = QLineEdit()
+        self.init_images.setPlaceholderText("gallery ids, e.g. 12, 15 or #12 #15")
+        self.init_images.setToolTip(
+            "Compare re-renders instead of prompts: every column renders each of these images again\n"
+            "(img2img) with each seed. Right-click a selection in the gallery to fill this in."
+        )
+        self.init_images.setClearButtonEnabled(True)
+        self.init_images.textChanged.connect(self._init_changed)
+        self.strength = QDoubleSpinBox(minimum=0.05, maximum=1.0, decimals=2, singleStep=0.05, value=DEFAULT_STRENGTH)
+        self.strength.setToolTip(STRENGTH_TIP)
+        self.strength.setStyleSheet("QDoubleSpinBox:disabled { color: #6b6f76; }")  # off without init images
+        self.strength_label = QLabel("Strength")
+        self.strength_label.setStyleSheet("QLabel:disabled { color: #6b6f76; }")
+        self.init_hint = QLabel(INIT_HINT)
+        self.init_hint.setWordWrap(True)
+        self.init_hint.setStyleSheet("color: #8b8f96; font-size: 11px;")
+        rerender_box = QGroupBox("Or re-render images")
+        rf = QFormLayout(rerender_box)
+        rf.addRow("Init images", self.init_images)
+        rf.addRow(self.strength_label, self.strength)
+        rf.addRow(self.init_hint)
 
         # -- the columns
         self.kind = QComboBox()
@@ -164,6 +221,7 @@ class ComparePage(QWidget):
         self.progress.setTextVisible(False)
         self.progress.setMaximumHeight(6)
         self.progress_label = QLabel("")
+        self.progress_label.setWordWrap(True)  # a long message must not widen the panel past its scroll area
         buttons = QHBoxLayout()
         buttons.addWidget(self.go, 1)
         buttons.addWidget(self.stop)
@@ -171,7 +229,7 @@ class ComparePage(QWidget):
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 6, 0)
-        for w in (lora_box, prompts_box, columns_box):
+        for w in (lora_box, prompts_box, rerender_box, columns_box):
             ll.addWidget(w)
         ll.addLayout(buttons)
         ll.addWidget(self.progress)
@@ -238,6 +296,7 @@ class ComparePage(QWidget):
         row.addWidget(scroll)
         row.addWidget(split, 1)
         self._kind_changed()
+        self._init_changed()
         self.refresh()
 
     # -- data -----------------------------------------------------------------------------
@@ -263,8 +322,8 @@ class ComparePage(QWidget):
         self.prompt_set.clear()
         self.prompt_set.addItems(names)
         self.prompt_set.setCurrentText(chosen)
-        if not self.prompts.toPlainText().strip():
-            self._load_set(chosen)
+        if not self.prompts.toPlainText().strip() and not self.init_images.text().strip():
+            self._load_set(chosen)  # (with init images an empty box means each image's own prompt)
         self._fill_history()
         if self.comparison is None and self.history.count():
             self.show_comparison(self.history.itemData(0))  # the newest, as the artist left it
@@ -299,6 +358,47 @@ class ComparePage(QWidget):
         self.scales.setEnabled(kind == SCALE_SWEEP)
         self.scale.setEnabled(kind != SCALE_SWEEP)
         self.extra_column.setEnabled(kind == THREE_WAY)
+
+    def _init_changed(self, *_) -> None:
+        """Init images stand in for the test prompts: more than one is set aside (a re-render takes
+        one prompt for every image, or each its own) and comes back when the line is emptied."""
+        has = bool(self.init_images.text().strip())
+        self.strength.setEnabled(has)
+        self.strength_label.setEnabled(has)
+        self.prompts.setPlaceholderText(INIT_PROMPT_HINT if has else PROMPT_HINT)
+        if has and not self._had_inits and len(self._prompt_list()) > 1:
+            self._set_aside = self.prompts.toPlainText()
+            self.prompts.clear()
+            self.progress_label.setText(
+                "Test prompts set aside: each image keeps its own prompt; they return when Init images is empty"
+            )
+        elif not has and self._had_inits and self._set_aside is not None:
+            if not self.prompts.toPlainText().strip():
+                self.prompts.setPlainText(self._set_aside)
+            self._set_aside = None
+        self._had_inits = has
+
+    def set_init_images(self, image_ids: list[int]) -> None:
+        """Compare re-renders of these images, three ways (the gallery's menu); nothing is sent."""
+        self.kind.setCurrentIndex(self.kind.findData(THREE_WAY))
+        self.init_images.setText(", ".join(f"#{i}" for i in image_ids))
+        n = len(image_ids)
+        own = "its own prompt" if n == 1 else "their own prompts"
+        prompt = f"with {own}" if not self._prompt_list() else "with the prompt above"
+        aside = " (the test prompts are set aside)" if self._set_aside is not None else ""
+        self.progress_label.setText(
+            f"Re-renders of {n} image{'s' if n != 1 else ''} {prompt}{aside}: choose the LoRA, then Render comparison"
+        )
+
+    def init_image_ids(self) -> tuple[str, ...]:
+        """The init images on the page, each checked to be in the gallery; raises NegaloraError."""
+        ids = parse_image_ids(self.init_images.text())
+        for image_id in ids:
+            try:
+                self.store.image(int(image_id))
+            except NegaloraError:
+                raise NegaloraError(f"init image #{image_id}: not in the gallery") from None
+        return ids
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "LoRA file", "", "LoRA (*.safetensors)")
@@ -350,8 +450,19 @@ class ComparePage(QWidget):
                 scales = tuple(float(x) for x in self.scales.text().split(",") if x.strip())
             except ValueError:
                 raise NegaloraError(f"strengths {self.scales.text()!r}: numbers separated by commas") from None
+        prompts = tuple(self._prompt_list())
+        init_images = self.init_image_ids()
+        if init_images:
+            if len(prompts) > 1:
+                raise NegaloraError(
+                    "re-renders take one prompt for every image, or none (each image's own): "
+                    f"leave one line of the {len(prompts)} test prompts, or clear them"
+                )
+            check_strength(self.strength.value(), self.steps.value())
+        elif not prompts:
+            raise NegaloraError("give at least one test prompt, or init images to re-render")
         return CompareRequest(
-            prompts=tuple(self._prompt_list()),
+            prompts=prompts,
             seeds=parse_seeds(self.seeds.text()),
             kind=self.kind.currentData(),
             lora=lora,
@@ -363,6 +474,8 @@ class ComparePage(QWidget):
             extra_column=self.extra_column.isChecked(),
             steps=self.steps.value(),
             guidance=self.guidance.value(),
+            init_images=init_images,
+            strength=self.strength.value() if init_images else DEFAULT_STRENGTH,
         ).to_dict()
 
     def _render(self) -> None:
@@ -397,6 +510,11 @@ class ComparePage(QWidget):
         self.progress_label.setText("Waiting for the worker…")
 
     def begin_grid(self, comparison_id: int, columns: list[dict], rows: list[dict]) -> None:
+        if not any("init" in r for r in rows):  # the worker's rows: a re-render's are labelled by image
+            try:
+                rows = _with_init_labels(rows, self.store.comparison(comparison_id)["config"])
+            except NegaloraError:
+                pass
         self.comparison = {"id": comparison_id, "columns": columns, "rows": rows, "cells": {}}
         self._build_table(self.comparison)
 
@@ -445,7 +563,7 @@ class ComparePage(QWidget):
         if comparison_id is None:
             return
         data = self.store.comparison(comparison_id)
-        rows = [{"prompt": p, "seed": s} for p, s in _rows_of(data)]
+        rows = _with_init_labels([{"prompt": p, "seed": s} for p, s in _rows_of(data)], data["config"])
         self.begin_grid(comparison_id, data["columns"], rows)
         assert self.comparison is not None  # begin_grid has just set it
         self.comparison["run_id"], self.comparison["step"] = data["run_id"], data["step"]
@@ -458,7 +576,12 @@ class ComparePage(QWidget):
         self.grid.setColumnCount(len(c["columns"]))
         self.grid.setRowCount(len(c["rows"]))
         self.grid.setHorizontalHeaderLabels(["\n".join(textwrap.wrap(col["label"], 16)) for col in c["columns"]])
-        self.grid.setVerticalHeaderLabels([f"{_short(r['prompt'])}\nseed {r['seed']}" for r in c["rows"]])
+        self.grid.setVerticalHeaderLabels(
+            [
+                (f"{r['init']} re-rendered\n" if r.get("init") else "") + f"{_short(r['prompt'])}\nseed {r['seed']}"
+                for r in c["rows"]
+            ]
+        )
         for combo in (self.a_column, self.b_column):
             combo.blockSignals(True)
             combo.clear()
@@ -515,7 +638,7 @@ class ComparePage(QWidget):
 
     def state(self) -> dict:
         return {
-            "prompts": self.prompts.toPlainText(),
+            "prompts": self.prompts.toPlainText() if self._set_aside is None else self._set_aside,
             "seeds": self.seeds.text(),
             "kind": self.kind.currentData(),
             "scale": self.scale.value(),
@@ -525,6 +648,7 @@ class ComparePage(QWidget):
             "token": self.token.text(),
             "steps": self.steps.value(),
             "guidance": self.guidance.value(),
+            "strength": self.strength.value(),
             "after_training": self.after_training.isChecked(),
             "lora_file": self.lora_file.text(),
         }
@@ -544,7 +668,8 @@ class ComparePage(QWidget):
             index = combo.findData(data.get(key))
             if index >= 0:
                 combo.setCurrentIndex(index)
-        for key, spin in (("scale", self.scale), ("steps", self.steps), ("guidance", self.guidance)):
+        spins = (("scale", self.scale), ("steps", self.steps), ("guidance", self.guidance), ("strength", self.strength))
+        for key, spin in spins:
             if data.get(key) is not None:
                 spin.setValue(data[key])
         for key, box in (("extra_column", self.extra_column), ("after_training", self.after_training)):
@@ -554,13 +679,27 @@ class ComparePage(QWidget):
 
 def _rows_of(comparison: dict) -> list[tuple[str, int]]:
     config = comparison["config"]
-    if config.get("prompts"):
-        return [(p, s) for p in config["prompts"] for s in config["seeds"]]
-    # a request that named a prompt set: the rows are in the cells
     rows: dict[int, tuple[str, int]] = {}
     for cell in comparison["cells"]:
         rows.setdefault(cell["row"], (cell["prompt"], cell["seed"]))
+    if config.get("init_images"):  # init image x seed, image-major; each image's own prompt is in its cells
+        one = next((p for p in config.get("prompts", ()) if p.strip()), "")
+        seeds = config["seeds"]
+        keys = [(i, s) for i in range(len(config["init_images"])) for s in seeds]
+        return [(rows[r][0] if r in rows else one, s) for r, (_, s) in enumerate(keys)]
+    if config.get("prompts"):
+        return [(p, s) for p in config["prompts"] for s in config["seeds"]]
+    # a request that named a prompt set: the rows are in the cells
     return [rows[r] for r in sorted(rows)]
+
+
+def _with_init_labels(rows: list[dict], config: dict) -> list[dict]:
+    """A re-render comparison's rows, each with the image it re-renders ("#12", or a file's name)."""
+    inits, seeds = config.get("init_images") or (), config.get("seeds") or ()
+    if not inits or len(rows) != len(inits) * len(seeds):
+        return rows
+    labels = [f"#{spec.lstrip('#')}" if re.fullmatch(r"#?\d+", spec.strip()) else Path(spec).name for spec in inits]
+    return [{**row, "init": labels[r // len(seeds)]} for r, row in enumerate(rows)]
 
 
 def _short(text: str, n: int = 28) -> str:

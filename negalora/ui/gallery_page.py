@@ -1,14 +1,15 @@
 """The gallery: a virtualised thumbnail grid made for the keyboard.
 
 X reject, P pick, U clear, 1-9 reject with a reason tag, arrows move, Enter opens the large view,
-Ctrl+Z undoes (a window-wide action). A verdict advances to the next image. Drop files or folders
-to import them; dropped on the Rejected filter (or while it is active) they come in as rejects.
+R re-renders the selection (img2img, e.g. through the LoRA), Ctrl+Z undoes (a window-wide action).
+A verdict advances to the next image. Drop files or folders to import them; dropped on the Rejected
+filter (or while it is active) they come in as rejects.
 """
 
 from pathlib import Path
 
 from PySide6.QtCore import QModelIndex, QObject, QRect, QRunnable, QSize, Qt, QThreadPool, Signal
-from PySide6.QtGui import QColor, QFont, QKeyEvent, QPainter, QPen
+from PySide6.QtGui import QAction, QColor, QFont, QKeyEvent, QPainter, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListView,
+    QMenu,
     QPushButton,
     QStyle,
     QStyledItemDelegate,
@@ -88,6 +90,7 @@ class ThumbDelegate(QStyledItemDelegate):
 class GalleryView(QListView):
     rate = Signal(str, object)  # verdict ('reject' | 'pick' | 'clear'), reason or None
     open_current = Signal()
+    rerender = Signal()  # R: re-render the selection
 
     KEYS = {Qt.Key.Key_X: "reject", Qt.Key.Key_P: "pick", Qt.Key.Key_U: "clear"}
 
@@ -118,6 +121,9 @@ class GalleryView(QListView):
                 return
             if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
                 self.open_current.emit()
+                return
+            if key == Qt.Key.Key_R:
+                self.rerender.emit()
                 return
         super().keyPressEvent(event)
 
@@ -164,6 +170,9 @@ class FilterButton(QPushButton):
 class GalleryPage(QWidget):
     status = Signal(str)  # a message for the status bar
     open_image = Signal(int)
+    rerender = Signal(list)  # image ids: open the Re-render dialog on them
+    compare_pair = Signal(int, int)  # two image ids: show them in the A/B viewer
+    compare_rerenders = Signal(list)  # image ids: the Compare page, with them as its init images
 
     def __init__(self, store: Store, model: GalleryModel, parent=None):
         super().__init__(parent)
@@ -191,6 +200,13 @@ class GalleryPage(QWidget):
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(lambda t: self.model.set_filter(self.model.filter, t.strip()))
         bar.addWidget(self.search, 1)
+        self.rerender_button = QPushButton("Re-render…")
+        self.rerender_button.setToolTip(
+            "Render the selected images again (img2img): their composition kept, e.g. through the LoRA (R)"
+        )
+        self.rerender_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # the culling keys stay with the grid
+        self.rerender_button.clicked.connect(self.rerender_selection)
+        bar.addWidget(self.rerender_button)
         self.ready_label = QLabel()
         self.ready_label.setObjectName("readyLabel")
         self.ready_label.setStyleSheet("#readyLabel { color: #e5484d; font-weight: bold; padding-left: 12px; }")
@@ -200,11 +216,14 @@ class GalleryPage(QWidget):
         self.view.setModel(model)
         self.view.rate.connect(self.rate_selection)
         self.view.open_current.connect(self._open_current)
+        self.view.rerender.connect(self.rerender_selection)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._context_menu)
         self.view.doubleClicked.connect(lambda idx: self.open_image.emit(idx.data(ImageRole).id))
         self.hint = QLabel(
             "X reject · P pick · U clear · 1–9 reject with a reason "
-            f"({', '.join(f'{i + 1} {r}' for i, r in enumerate(REASONS))}) · Enter large view · Ctrl+Z undo · "
-            "drop images here to import"
+            f"({', '.join(f'{i + 1} {r}' for i, r in enumerate(REASONS))}) · Enter large view · R re-render · "
+            "Ctrl+Z undo · right-click for more · drop images here to import"
         )
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: #8b8f96; font-size: 11px;")
@@ -280,6 +299,53 @@ class GalleryPage(QWidget):
             self.status.emit(f"Undid the rating of #{ids[0]} ({undone[0]['verdict'] or 'unrated'} again)")
         else:
             self.status.emit(f"Undid the rating of {len(ids)} images")
+
+    # -- re-render and A/B ------------------------------------------------------------------
+
+    def rerender_selection(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.rerender.emit(ids)
+
+    def compare_selection(self) -> None:
+        """Two selected images side by side in the A/B viewer: the older one is A."""
+        ids = self.selected_ids()
+        if len(ids) == 2:
+            a, b = sorted(ids)
+            self.compare_pair.emit(a, b)
+
+    def context_menu(self) -> QMenu:
+        """The actions on the selection, as the right-click menu offers them."""
+        ids = self.selected_ids()
+        n = len(ids)
+        menu = QMenu(self)
+        rerender = QAction(f"Re-render {n} image{'s' if n != 1 else ''}…\tR", menu)
+        rerender.setEnabled(n > 0)
+        rerender.triggered.connect(self.rerender_selection)
+        compare = QAction("Compare the two in the A/B viewer", menu)
+        compare.setEnabled(n == 2)
+        compare.triggered.connect(self.compare_selection)
+        rerenders = QAction("Compare re-renders of these… (base / wrong / LoRA)", menu)
+        rerenders.setEnabled(n > 0)
+        rerenders.triggered.connect(lambda: self.compare_rerenders.emit(ids))
+        menu.addAction(rerender)
+        menu.addAction(compare)
+        menu.addAction(rerenders)
+        menu.addSeparator()
+        for label, key, verdict in (("Reject", "X", "reject"), ("Pick", "P", "pick"), ("Clear rating", "U", "clear")):
+            action = QAction(f"{label}\t{key}", menu)
+            action.setEnabled(n > 0)
+            action.triggered.connect(lambda _=False, v=verdict: self.rate_selection(v))
+            menu.addAction(action)
+        return menu
+
+    def _context_menu(self, pos) -> None:
+        index = self.view.indexAt(pos)
+        if index.isValid() and not self.view.selectionModel().isSelected(index):
+            self.view.setCurrentIndex(index)  # a right-click outside the selection acts on that image
+        menu = self.context_menu()
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        menu.popup(self.view.viewport().mapToGlobal(pos))
 
     def _open_current(self) -> None:
         idx = self.view.currentIndex()

@@ -1,8 +1,11 @@
-"""The Generate page: prompts (one per line makes a batch), settings, progress with ETA, Cancel,
-and Woolf's "make wrong images" recipe as one action."""
+"""The Generate page: prompts (one per line makes a batch), settings, an init image (img2img) with
+its strength, progress with ETA, Cancel, and Woolf's "make wrong images" recipe as one action."""
 
+import re
 import secrets
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
@@ -26,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from negalora.api import MAX_SEED, GenerateRequest
+from negalora.api import DEFAULT_STRENGTH, MAX_SEED, GenerateRequest
 from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
 from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from negalora.ui.prompt_highlighter import PromptHighlighter
@@ -54,6 +57,10 @@ CHOOSE_FOLDER = "Choose a diffusers folder…"
 CHOOSE_FILE = "Choose a .safetensors file…"
 NO_LORA = "None"
 CHOOSE_LORA = "Choose a LoRA file…"
+IMAGE_FILES = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
+INIT_SIDE = 44
+PROMPT_HINT = "One prompt per line, e.g.\na (red)++ circle on a blue background"
+INIT_PROMPT_HINT = "Blank: the init image's own prompt. Or one prompt per line"
 
 
 class GeneratePage(QWidget):
@@ -61,11 +68,13 @@ class GeneratePage(QWidget):
     cancel = Signal()
     settings_changed = Signal()
     open_image = Signal(int)
+    use_selected = Signal()  # the window puts the gallery's selected image in the init-image slot
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        self.image_path_of: Callable[[int], str | None] | None = None  # the window's: a stored image's file
         self.prompts = QPlainTextEdit()
-        self.prompts.setPlaceholderText("One prompt per line, e.g.\na (red)++ circle on a blue background")
+        self.prompts.setPlaceholderText(PROMPT_HINT)
         self.prompts.setPlainText("a (red)++ circle on a blue background")
         self.prompts.setMaximumHeight(170)
         PromptHighlighter(self.prompts.document())
@@ -159,6 +168,51 @@ class GeneratePage(QWidget):
         self.results.setStyleSheet("QListWidget { background: #1e1f22; border: none; }")
         self.results.itemDoubleClicked.connect(lambda item: self.open_image.emit(item.data(Qt.ItemDataRole.UserRole)))
 
+        init_box = QGroupBox("Init image (img2img)")
+        self.init_preview = QLabel()
+        self.init_preview.setFixedSize(INIT_SIDE, INIT_SIDE)
+        self.init_preview.setStyleSheet("background: #1e1f22; border: 1px solid #4a4d55;")
+        self.init_preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.init_image = QLineEdit()
+        self.init_image.setPlaceholderText("None: from noise. A gallery id (#12) or an image file")
+        self.init_image.setToolTip(
+            "Render from this image instead of from noise (A1111's img2img). Its own prompt is used when\n"
+            "the prompt box is empty; the size is its own unless one is chosen."
+        )
+        self.init_image.textChanged.connect(self._init_changed)
+        self.init_choose = QPushButton("Choose file…")
+        self.init_choose.clicked.connect(self._choose_init_file)
+        self.init_use_selected = QPushButton("Use selected gallery image")
+        self.init_use_selected.clicked.connect(self.use_selected.emit)
+        self.init_clear = QPushButton("Clear")
+        self.init_clear.clicked.connect(self.init_image.clear)
+        self.strength = QDoubleSpinBox(minimum=0.05, maximum=1.0, value=DEFAULT_STRENGTH, singleStep=0.05, decimals=2)
+        self.strength.setToolTip(
+            "Denoising strength (A1111's): the share of the steps re-run from the init image.\n"
+            "Low keeps its composition and repaints detail; 1 keeps little of it."
+        )
+        init_line = QHBoxLayout()
+        init_line.addWidget(self.init_preview)
+        init_line.addWidget(self.init_image, 1)
+        init_buttons = QHBoxLayout()
+        init_buttons.addWidget(self.init_choose)
+        init_buttons.addWidget(self.init_use_selected)
+        init_buttons.addWidget(self.init_clear)
+        init_buttons.addStretch(1)
+        strength_row = QHBoxLayout()
+        self.strength_label = QLabel("Strength")
+        strength_row.addWidget(self.strength_label)
+        strength_row.addWidget(self.strength)
+        size_note = QLabel("The size is the init image's own unless one is chosen above")
+        size_note.setStyleSheet("color: #8b8f96;")
+        size_note.setWordWrap(True)
+        strength_row.addWidget(size_note, 1)
+        init_box.setStyleSheet("QLabel:disabled, QDoubleSpinBox:disabled { color: #6b6f76; }")  # off: no init image
+        il = QVBoxLayout(init_box)
+        il.addLayout(init_line)
+        il.addLayout(init_buttons)
+        il.addLayout(strength_row)
+
         wrong_box = QGroupBox("Make wrong images (Woolf's recipe)")
         self.wrong_count = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_COUNT)
         self.wrong_go = QPushButton("Make wrong images")
@@ -189,6 +243,7 @@ class GeneratePage(QWidget):
         left.addWidget(self.results, 5)
         right = QVBoxLayout()
         right.addLayout(form)
+        right.addWidget(init_box)
         right.addWidget(wrong_box)
         right.addStretch(1)
         layout = QHBoxLayout(self)
@@ -201,9 +256,11 @@ class GeneratePage(QWidget):
             self.image_size.currentIndexChanged,
             self.scheduler.currentIndexChanged,
             self.seed_lock.toggled,
+            self.strength.valueChanged,
         ):
             signal.connect(lambda *_: self.settings_changed.emit())
         self._job_started = 0.0
+        self._init_changed()
 
     # -- settings -------------------------------------------------------------------------
 
@@ -244,6 +301,7 @@ class GeneratePage(QWidget):
             "lora": self.lora.currentData() or "",
             "lora_scale": self.lora_scale.value(),
             "lora_passes": self.lora_passes.currentData(),
+            "strength": round(self.strength.value(), 2),  # the init image is this session's only
         }
 
     def restore(self, s: dict) -> None:
@@ -269,6 +327,7 @@ class GeneratePage(QWidget):
         index = self.lora_passes.findData(s.get("lora_passes"))
         if index >= 0:
             self.lora_passes.setCurrentIndex(index)
+        self.strength.setValue(float(s.get("strength", DEFAULT_STRENGTH)))
 
     # -- requests -------------------------------------------------------------------------
 
@@ -289,6 +348,8 @@ class GeneratePage(QWidget):
     def build_request(self) -> GenerateRequest:
         prompts = tuple(line.strip() for line in self.prompts.toPlainText().splitlines() if line.strip())
         width, height = self._size()
+        init = self.init_spec()  # img2img: the init image and its strength, only when one is set
+        img2img = {"init_image": init, "strength": round(self.strength.value(), 2)} if init else {}
         return GenerateRequest(
             prompts=prompts,
             negative=" ".join(self.negative.toPlainText().split()),
@@ -303,7 +364,63 @@ class GeneratePage(QWidget):
             lora_scale=self.lora_scale.value(),
             lora_passes=self.lora_passes.currentData(),
             batch_size=self.batch_size.currentData(),
+            **img2img,
         )
+
+    def render_settings(self) -> dict:
+        """The settings a re-render of an image without a recipe of its own takes from this page."""
+        return {
+            "steps": self.steps.value(),
+            "guidance": self.guidance.value(),
+            "scheduler": self.scheduler.currentText(),
+            "batch_size": self.batch_size.currentData(),
+        }
+
+    # -- init image -----------------------------------------------------------------------
+
+    def init_spec(self) -> str:
+        """The init image as the request names it: a stored id ("12", "#12") or a file; "" for none."""
+        return self.init_image.text().strip()
+
+    def set_init_image(self, spec: str) -> None:
+        self.init_image.setText(spec)
+
+    def _choose_init_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Init image", "", IMAGE_FILES)
+        if path:
+            self.set_init_image(path)
+
+    def _init_changed(self, *_) -> None:
+        spec = self.init_spec()
+        self.strength.setEnabled(bool(spec))
+        self.strength_label.setEnabled(bool(spec))
+        self.init_clear.setEnabled(bool(spec))
+        self.prompts.setPlaceholderText(INIT_PROMPT_HINT if spec else PROMPT_HINT)
+        path = None
+        if re.fullmatch(r"#?\d+", spec) and self.image_path_of is not None:
+            path = self.image_path_of(int(spec.lstrip("#")))
+        elif spec and Path(spec).expanduser().is_file():
+            path = str(Path(spec).expanduser())
+        pix = QPixmap(path) if path else QPixmap()
+        if pix.isNull():
+            self.init_preview.clear()
+            self.init_preview.setText("–" if spec else "")
+        else:
+            mode = (
+                Qt.TransformationMode.FastTransformation  # small demo images stay crisp
+                if pix.width() < INIT_SIDE
+                else Qt.TransformationMode.SmoothTransformation
+            )
+            self.init_preview.setPixmap(
+                pix.scaled(INIT_SIDE - 2, INIT_SIDE - 2, Qt.AspectRatioMode.KeepAspectRatio, mode)
+            )
+
+    def _check_init(self) -> None:
+        from negalora.errors import NegaloraError
+
+        spec = self.init_spec()
+        if spec and not re.fullmatch(r"#?\d+", spec) and not Path(spec).expanduser().is_file():
+            raise NegaloraError(f"init image {spec}: no such file (give a gallery id such as #12, or a file)")
 
     # -- LoRA -----------------------------------------------------------------------------
 
@@ -324,6 +441,12 @@ class GeneratePage(QWidget):
         self.lora.addItem(CHOOSE_LORA, None)
         self.set_lora(current or "")
 
+    def lora_choices(self) -> list[tuple[str, str]]:
+        """The LoRAs this page offers, as (label, path), without "None" and "Choose a LoRA file…"."""
+        return [
+            (self.lora.itemText(i), self.lora.itemData(i)) for i in range(self.lora.count()) if self.lora.itemData(i)
+        ]
+
     def set_lora(self, path: str) -> None:
         index = self.lora.findData(path)
         if index < 0 and path:
@@ -342,6 +465,7 @@ class GeneratePage(QWidget):
 
         self.error.clear()
         try:
+            self._check_init()
             request = self.build_request()
             check_request(request)
         except NegaloraError as exc:

@@ -8,8 +8,10 @@ from PySide6.QtCore import QByteArray, QSize, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QWidget
 
+from negalora.errors import NegaloraError
 from negalora.home import Home
 from negalora.store import Store
+from negalora.ui.ab_viewer import ABDialog
 from negalora.ui.blind_vote import BlindVoteDialog
 from negalora.ui.compare_page import ComparePage
 from negalora.ui.export_page import ExportPage
@@ -17,6 +19,7 @@ from negalora.ui.gallery_model import GalleryModel
 from negalora.ui.gallery_page import GalleryPage
 from negalora.ui.generate_page import GeneratePage
 from negalora.ui.jobs import JobController
+from negalora.ui.rerender_dialog import RerenderDialog
 from negalora.ui.startup import reconcile_message
 from negalora.ui.thumbnails import ThumbnailCache
 from negalora.ui.train_page import TrainPage
@@ -95,6 +98,17 @@ class MainWindow(QMainWindow):
         self.viewer = ImageViewer(self)
         self.viewer.rate.connect(self._rate_from_viewer)
         self.viewer.step.connect(self._step_viewer)
+        self.viewer.rerender.connect(lambda: self.open_rerender([self._viewer_id]))
+        self.viewer.compare_source.connect(lambda source: self.compare_images(source, self._viewer_id))
+        self.viewer.open_source.connect(self.open_image)
+        self.ab_dialog: ABDialog | None = None
+        self.rerender_dialog: RerenderDialog | None = None
+        self._rerender_state: dict = {}
+        self.gallery_page.rerender.connect(self.open_rerender)
+        self.gallery_page.compare_pair.connect(self.compare_images)
+        self.gallery_page.compare_rerenders.connect(self.compare_rerenders)
+        self.generate_page.image_path_of = self._image_path
+        self.generate_page.use_selected.connect(self._use_selected_as_init)
         self.gallery_page.open_image.connect(self.open_image)
         self.generate_page.open_image.connect(self.open_image)
         self.gallery_page.status.connect(lambda m: self.statusBar().showMessage(m, 5000))
@@ -151,6 +165,88 @@ class MainWindow(QMainWindow):
         self._job_images = 0
         self.generate_page.job_started()
         self._save_settings()
+
+    # -- re-render (img2img) --------------------------------------------------------------
+
+    def open_rerender(self, image_ids: list) -> None:
+        """The Re-render dialog on these images, prefilled from the last re-render, else with the
+        Generate page's LoRA, pass and negative prompt; OK sends one job down the Generate page's path."""
+        if not image_ids:
+            return
+        page = self.generate_page
+        defaults = {
+            "negative": page.negative.toPlainText().strip() or "wrong",
+            "lora": page.lora.currentData() or "",
+            "lora_scale": page.lora_scale.value(),
+            "lora_passes": page.lora_passes.currentData(),
+        }
+        parent = self.viewer if self.viewer.isVisible() else self
+        if self.rerender_dialog is not None:
+            self.rerender_dialog.deleteLater()
+        dialog = RerenderDialog(
+            self.store,
+            list(image_ids),
+            page.lora_choices(),
+            {**defaults, **self._rerender_state},
+            fallback=page.render_settings(),
+            parent=parent,
+        )
+        dialog.submitted.connect(lambda requests: self._submit_rerender(dialog, requests))
+        self.rerender_dialog = dialog
+        dialog.open()  # window-modal, and the event loop goes on
+
+    def _submit_rerender(self, dialog: RerenderDialog, requests: list) -> None:
+        self._rerender_state = dialog.state()
+        busy = self._job is not None
+        self._submit(self.generate_page.model_spec(), requests, False)  # saves the settings when it starts
+        if busy:
+            self._save_settings()  # refused: the values are offered again next time
+        else:
+            n = sum(r.count for r in requests)
+            self._message(
+                f"Re-rendering {len(requests)} image{'s' if len(requests) != 1 else ''} "
+                f"({n} new, strength {requests[0].strength:g}); progress on the Generate page"
+            )
+
+    def compare_images(self, a_id: int, b_id: int) -> None:
+        """Two stored images side by side in the A/B viewer, labelled by id (and a re-render by its strength)."""
+        try:
+            rows = self.store.image(a_id), self.store.image(b_id)
+        except NegaloraError as exc:
+            self._message(str(exc))
+            return
+        labels = [f"#{a_id}", f"#{b_id}"]
+        for i, image_id in enumerate((a_id, b_id)):
+            recipe = self.store.recipe(image_id)
+            if recipe is not None and recipe.init_image:
+                source = self.store.source_of(image_id)
+                of = f" of #{source}" if source is not None else ""
+                labels[i] += f" · re-render{of}, strength {recipe.strength:g}"
+                if source == (a_id, b_id)[1 - i]:
+                    labels[1 - i] += " · source"
+        if self.ab_dialog is None:
+            self.ab_dialog = ABDialog(self)
+        self.ab_dialog.show_pair(rows[0]["path"], rows[1]["path"], labels[0], labels[1], f"#{a_id} · #{b_id}")
+
+    def compare_rerenders(self, image_ids: list) -> None:
+        """The Compare page with these images as its init images; the artist picks the LoRA and renders."""
+        if not image_ids:
+            return
+        self.show_page("compare")
+        self.compare_page.set_init_images(list(image_ids))
+
+    def _image_path(self, image_id: int) -> str | None:
+        try:
+            return self.store.image(image_id)["path"]
+        except NegaloraError:
+            return None
+
+    def _use_selected_as_init(self) -> None:
+        ids = self.gallery_page.selected_ids()
+        if not ids:
+            self._message("Select an image in the gallery first")
+            return
+        self.generate_page.set_init_image(f"#{ids[0]}")
 
     def _cancel(self) -> None:
         if self._job is not None:
@@ -272,7 +368,9 @@ class MainWindow(QMainWindow):
 
     def open_image(self, image_id: int) -> None:
         self._viewer_id = image_id
-        self.viewer.show_image(self.store.image(image_id), self.store.recipe(image_id))
+        recipe = self.store.recipe(image_id)
+        source = self.store.source_of(image_id) if recipe is not None and recipe.init_image else None
+        self.viewer.show_image(self.store.image(image_id), recipe, source)
         self.viewer.show()
         self.viewer.raise_()
 
@@ -299,6 +397,7 @@ class MainWindow(QMainWindow):
         self.generate_page.restore(ui.get("generate", {}))
         self.train_page.restore(ui.get("train", {}))
         self.compare_page.restore(ui.get("compare", {}))
+        self._rerender_state = dict(ui.get("rerender", {}))
         self._refresh_loras()
         # --model, else the app's last model, else the same defaults as the command line
         chosen = (
@@ -321,6 +420,7 @@ class MainWindow(QMainWindow):
             "generate": self.generate_page.state(),
             "train": self.train_page.state(),
             "compare": self.compare_page.state(),
+            "rerender": self._rerender_state,
             "geometry": base64.b64encode(self.saveGeometry().data()).decode(),
             "page": self.current_page(),
         }

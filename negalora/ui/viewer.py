@@ -1,8 +1,17 @@
-"""The large view of one image with its full recipe. Arrow keys move, X/P/U rate, Esc closes."""
+"""The large view of one image with its full recipe. Arrow keys move, X/P/U rate, R re-renders, Esc closes.
+A re-render names the image it was made from (a link that opens it) and compares itself with it."""
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeyEvent, QPixmap
-from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QPlainTextEdit, QSizePolicy, QVBoxLayout
+from PySide6.QtWidgets import (
+    QDialog,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+)
 
 from negalora.pngmeta import format_parameters
 
@@ -10,6 +19,9 @@ from negalora.pngmeta import format_parameters
 class ImageViewer(QDialog):
     rate = Signal(str)  # reject | pick | clear
     step = Signal(int)  # -1 previous, +1 next
+    rerender = Signal()  # re-render the image on screen (img2img)
+    compare_source = Signal(int)  # the source's id: show it beside the image on screen in the A/B viewer
+    open_source = Signal(int)  # the source's id: show it here
 
     KEYS = {Qt.Key.Key_X: "reject", Qt.Key.Key_P: "pick", Qt.Key.Key_U: "clear"}
 
@@ -25,10 +37,33 @@ class ImageViewer(QDialog):
         self.recipe.setReadOnly(True)
         self.recipe.setFixedWidth(340)
         self.title = QLabel()
+        self.lineage = QLabel()  # "Re-render of #N (strength S)" for an img2img result
+        self.lineage.setWordWrap(True)
+        self.lineage.setTextFormat(Qt.TextFormat.RichText)
+        self.lineage.setStyleSheet("color: #b8bcc8;")
+        self.lineage.linkActivated.connect(lambda link: self.open_source.emit(int(link)))
+        self.lineage.setVisible(False)
+        self.source_id: int | None = None
+        self.rerender_button = QPushButton("Re-render… (R)")
+        self.rerender_button.setToolTip("Render this image again from itself (img2img), e.g. through the LoRA")
+        self.rerender_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # the keys stay with the view
+        self.rerender_button.clicked.connect(self.rerender.emit)
+        self.compare_button = QPushButton("Compare with source")
+        self.compare_button.setToolTip("The source and this re-render side by side in the A/B viewer")
+        self.compare_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.compare_button.clicked.connect(self._compare)
+        self.compare_button.setVisible(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.rerender_button)
+        buttons.addWidget(self.compare_button)
+        buttons.addStretch(1)
         side = QVBoxLayout()
         side.addWidget(self.title)
+        side.addWidget(self.lineage)
         side.addWidget(self.recipe, 1)
-        hint = QLabel("← → move · X reject · P pick · U clear · Esc close")
+        side.addLayout(buttons)
+        hint = QLabel("← → move · X reject · P pick · U clear · R re-render · Esc close")
+        hint.setWordWrap(True)
         hint.setStyleSheet("color: #8b8f96;")
         side.addWidget(hint)
         layout = QHBoxLayout(self)
@@ -36,10 +71,12 @@ class ImageViewer(QDialog):
         layout.addLayout(side)
         self._pixmap = QPixmap()
 
-    def show_image(self, row: dict, recipe) -> None:
+    def show_image(self, row: dict, recipe, source_id: int | None = None) -> None:
+        """``source_id``: the stored image a re-render (a recipe with an init image) was made from."""
         self._pixmap = QPixmap(row["path"])
         verdict = row.get("verdict") or "unrated"
         self.title.setText(f"<b>#{row['id']}</b> · {verdict} · {row['width']}×{row['height']}")
+        self._show_lineage(recipe, source_id)
         if recipe is not None:
             text = format_parameters(recipe) + f"\n\nModel: {recipe.model_location}\nModel sha256: {recipe.model_hash}"
         else:
@@ -48,6 +85,23 @@ class ImageViewer(QDialog):
             text += "\n\nReasons: " + ", ".join(row["reasons"])
         self.recipe.setPlainText(text)
         self._fit()
+
+    def _show_lineage(self, recipe, source_id: int | None) -> None:
+        rerendered = recipe is not None and bool(recipe.init_image)
+        self.source_id = source_id if rerendered else None
+        if recipe is not None and rerendered:
+            strength = f"strength {recipe.strength:g}"
+            if self.source_id is not None:
+                link = f'<a href="{self.source_id}" style="color: #7aa2f7;">#{self.source_id}</a>'
+                self.lineage.setText(f"Re-render of {link} ({strength})")
+            else:
+                self.lineage.setText(f"Re-render of an image no longer in the store ({strength})")
+        self.lineage.setVisible(rerendered)
+        self.compare_button.setVisible(self.source_id is not None)
+
+    def _compare(self) -> None:
+        if self.source_id is not None:
+            self.compare_source.emit(self.source_id)
 
     def _fit(self) -> None:
         if not self._pixmap.isNull():
@@ -67,6 +121,8 @@ class ImageViewer(QDialog):
         key = event.key()
         if key in self.KEYS:
             self.rate.emit(self.KEYS[Qt.Key(key)])
+        elif key == Qt.Key.Key_R and not event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier:
+            self.rerender.emit()
         elif key in (Qt.Key.Key_Right, Qt.Key.Key_Down):
             self.step.emit(1)
         elif key in (Qt.Key.Key_Left, Qt.Key.Key_Up):
