@@ -32,6 +32,7 @@ __all__ = [
     "MAX_SEED",
     "MAX_SIDE",
     "NEGATIVE",
+    "POSITIVE",
     "LORA_PASSES",
     "SCALE_SWEEP",
     "SCHEDULERS",
@@ -87,7 +88,8 @@ def canonical_name(name: str) -> str:
 # The guidance passes a LoRA acts on (negalora.lora_passes applies them)
 BOTH = "both"
 NEGATIVE = "negative"
-LORA_PASSES = (BOTH, NEGATIVE)
+POSITIVE = "positive"  # the prompt's own pass: for a LoRA of what is liked (picks, KTO, DPO)
+LORA_PASSES = (BOTH, NEGATIVE, POSITIVE)
 # How the product applies a LoRA unless told otherwise (generation, comparisons, export notes): on
 # the demo world the negative pass alone cut defects where both passes leaked them into the
 # positive pass and lost prompt adherence (docs/efficacy.md).
@@ -95,6 +97,7 @@ DEFAULT = NEGATIVE
 LORA_PASS_DESCRIPTIONS = {
     BOTH: "both guidance passes (as A1111, ComfyUI and diffusers apply a LoRA)",
     NEGATIVE: "the negative (unconditional) pass only",
+    POSITIVE: "the positive (prompt's) pass only",
 }
 
 
@@ -120,7 +123,11 @@ class GenerateRequest:
     scheduler: str = DEFAULT_SCHEDULER
     lora: str | None = None
     lora_scale: float = 1.0
-    lora_passes: str = DEFAULT  # both | negative: the guidance passes the LoRA acts on
+    lora_passes: str = DEFAULT  # both | negative | positive: the guidance passes the LoRA acts on
+    # A second LoRA, on the negative pass only, beside ``lora`` (e.g. `right` on the positive pass
+    # and `wrong` on the negative one)
+    negative_lora: str | None = None
+    negative_lora_scale: float = 1.0
     use_refiner: bool = True  # when the model has one
     refiner_switch: float = 0.8
     batch_size: int | None = None  # images per pipeline call; None: auto (negalora.device.auto_batch_size)
@@ -184,6 +191,8 @@ def check_request(request: GenerateRequest) -> None:
     check_lora_passes(request.lora_passes)
     if request.lora:
         check_lora_file(Path(request.lora).expanduser())
+    if request.negative_lora:
+        check_lora_file(Path(request.negative_lora).expanduser())
 
 
 def check_lora_file(path: Path) -> None:

@@ -25,7 +25,15 @@ from negalora.cancel import CancelToken
 from negalora.errors import Cancelled, NegaloraError
 from negalora.hashing import HashCache
 from negalora.image_files import ImageRefused, load_rgb
-from negalora.lora_passes import NEGATIVE, negative_pass, text_encoder_lora_off
+from negalora.lora_passes import (
+    BOTH,
+    NEGATIVE,
+    adapted_text_encoders,
+    lora_on_passes,
+    negative_pass,
+    text_encoder_adapters,
+    text_encoder_lora_off,
+)
 from negalora.models.loader import LoadedModel
 from negalora.pngmeta import png_bytes
 from negalora.prompts import Conditioner, Conditioning, RefinerConditioner
@@ -34,6 +42,7 @@ from negalora.schedulers import canonical_name, make_scheduler
 from negalora.store import Store, StoredImage
 
 LORA_ADAPTER = "negalora_lora"
+NEGATIVE_ADAPTER = "negalora_negative_lora"  # a second LoRA, on the negative pass only
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,25 @@ class _LoraState:
 
 
 def _negative_only(recipe: Recipe) -> bool:
+    """All of the recipe's LoRA acts on the negative pass only (the product's default way)."""
+    if recipe.negative_lora_path:
+        return not recipe.lora_path or recipe.lora_passes == NEGATIVE
     return bool(recipe.lora_path) and recipe.lora_passes == NEGATIVE
+
+
+def pass_adapters(recipe: Recipe) -> tuple[list[str] | None, list[str] | None] | None:
+    """The adapters on the (negative, positive) passes (None: every loaded one, []: none), or None
+    when every loaded LoRA acts on both passes (a plain pipeline call)."""
+    main, negative = bool(recipe.lora_path), bool(recipe.negative_lora_path)
+    if not main and not negative:
+        return None
+    if _negative_only(recipe):
+        return None, []
+    if not negative:
+        return (None, None) if recipe.lora_passes == BOTH else ([], None)  # positive: off on the negative pass
+    if recipe.lora_passes == BOTH:
+        return None, [LORA_ADAPTER]
+    return [NEGATIVE_ADAPTER], [LORA_ADAPTER]  # positive beside a negative one
 
 
 def steps_run(recipe: Recipe) -> int:
@@ -85,8 +112,9 @@ class Generator:
     _conditioner: Conditioner = field(init=False)
     _refiner_conditioner: RefinerConditioner | None = field(default=None, init=False)
     _lora: _LoraState = field(default_factory=_LoraState, init=False)
+    _negative_lora: _LoraState = field(default_factory=_LoraState, init=False)
     _schedulers: dict = field(default_factory=dict, init=False)
-    _lora_applied: tuple = field(default=("", 1.0), init=False)
+    _lora_applied: tuple = field(default=("", 1.0, "", 1.0), init=False)
     _init_images: dict[str, Image.Image] = field(default_factory=dict, init=False)  # sha256 -> RGB
     _img2img: Any = field(default=None, init=False)
 
@@ -188,18 +216,27 @@ class Generator:
         return self._img2img
 
     def _lora_fields(self, request: GenerateRequest) -> dict:
-        if not request.lora:
-            return {}
-        path = Path(request.lora).expanduser()
-        check_lora_file(path)
-        sha = self._lora_hash(path)
-        return {
-            "lora": path.stem,
-            "lora_path": str(path.resolve()),
-            "lora_hash": sha,
-            "lora_scale": float(request.lora_scale),
-            "lora_passes": request.lora_passes,
-        }
+        out = {}
+        if request.lora:
+            path = Path(request.lora).expanduser()
+            check_lora_file(path)
+            out = {
+                "lora": path.stem,
+                "lora_path": str(path.resolve()),
+                "lora_hash": self._lora_hash(path),
+                "lora_scale": float(request.lora_scale),
+                "lora_passes": request.lora_passes,
+            }
+        if request.negative_lora:
+            path = Path(request.negative_lora).expanduser()
+            check_lora_file(path)
+            out |= {
+                "negative_lora": path.stem,
+                "negative_lora_path": str(path.resolve()),
+                "negative_lora_hash": self._lora_hash(path),
+                "negative_lora_scale": float(request.negative_lora_scale),
+            }
+        return out
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -217,52 +254,85 @@ class Generator:
         return self._schedulers[name]
 
     def _apply_lora(self, recipe: Recipe) -> None:
-        state = (recipe.lora_hash, recipe.lora_scale)
+        state = (recipe.lora_hash, recipe.lora_scale, recipe.negative_lora_hash, recipe.negative_lora_scale)
         if state != self._lora_applied:
             self._conditioner.clear()  # a LoRA may adapt the text encoders too
             self._lora_applied = state
         pipe = self.model.pipe
-        if not recipe.lora_path:
-            if self._lora.sha256:
-                pipe.unload_lora_weights()
-                self._lora = _LoraState()
+        wanted = {}
+        if recipe.lora_path:
+            wanted[LORA_ADAPTER] = (recipe.lora_path, recipe.lora_hash, recipe.lora_scale)
+        if recipe.negative_lora_path:
+            wanted[NEGATIVE_ADAPTER] = (
+                recipe.negative_lora_path,
+                recipe.negative_lora_hash,
+                recipe.negative_lora_scale,
+            )
+        held = {LORA_ADAPTER: self._lora, NEGATIVE_ADAPTER: self._negative_lora}
+        stale = [n for n, s in held.items() if s.sha256 and (n not in wanted or wanted[n][1] != s.sha256)]
+        if stale:  # diffusers unloads every adapter at once: the ones still wanted are loaded again
+            pipe.unload_lora_weights()
+            self._lora, self._negative_lora = _LoraState(), _LoraState()
+            held = {LORA_ADAPTER: self._lora, NEGATIVE_ADAPTER: self._negative_lora}
+        if not wanted:
             return
-        if self._lora.sha256 != recipe.lora_hash:
-            if self._lora.sha256:
-                pipe.unload_lora_weights()
-                self._lora = _LoraState()
+        for name, (path, sha, _) in wanted.items():
+            if held[name].sha256 == sha:
+                continue
             try:
-                pipe.load_lora_weights(recipe.lora_path, adapter_name=LORA_ADAPTER)
+                pipe.load_lora_weights(path, adapter_name=name)
             except (ValueError, KeyError, RuntimeError) as exc:
-                raise NegaloraError(
-                    f"{recipe.lora_path}: does not fit this model ({str(exc).splitlines()[0]})"
-                ) from exc
-            self._lora = _LoraState(recipe.lora_path, recipe.lora_hash)
-        pipe.set_adapters([LORA_ADAPTER], adapter_weights=[recipe.lora_scale])
+                raise NegaloraError(f"{path}: does not fit this model ({str(exc).splitlines()[0]})") from exc
+            if name == LORA_ADAPTER:
+                self._lora = _LoraState(path, sha)
+            else:
+                self._negative_lora = _LoraState(path, sha)
+        pipe.set_adapters(list(wanted), adapter_weights=[scale for _, _, scale in wanted.values()])
 
     def _conditioning(self, recipe: Recipe) -> Conditioning:
-        if _negative_only(recipe):
+        passes = pass_adapters(recipe)
+        if passes is None or passes == (None, None):
+            return self._conditioner.encode(recipe.prompt, recipe.negative)
+        if passes == (None, []):
             return self._split_conditioning(recipe)
-        return self._conditioner.encode(recipe.prompt, recipe.negative)
+        return self._pass_conditioning(recipe, *passes)
+
+    def _pass_conditioning(self, recipe: Recipe, negative: list[str] | None, positive: list[str] | None):
+        """The prompt encoded with the positive pass's adapters, the negative prompt with the negative
+        pass's (one encoding when no LoRA adapts the text encoders)."""
+        pipe = self.model.pipe
+        if not adapted_text_encoders(pipe):
+            return self._conditioner.encode(recipe.prompt, recipe.negative)
+        with text_encoder_adapters(pipe, positive):
+            pos = self._conditioner.encode(recipe.prompt, recipe.negative, variant=f"positive:{positive}")
+        with text_encoder_adapters(pipe, negative):
+            neg = self._conditioner.encode(recipe.prompt, recipe.negative, variant=f"negative:{negative}")
+        return Conditioning(pos.embeds, pos.pooled, neg.negative_embeds, neg.negative_pooled)
 
     def _split_conditioning(self, recipe: Recipe) -> Conditioning:
         return split_conditioning(self._conditioner, self.model.pipe, recipe.prompt, recipe.negative)
 
     @contextmanager
-    def _unet_passes(self, negative_only: bool):
-        if not negative_only:
+    def _unet_passes(self, recipe: Recipe, pipe):
+        """The recipe's LoRA on its guidance passes, for a call of ``pipe`` (the base or img2img)."""
+        passes = pass_adapters(recipe)
+        if passes is None or passes == (None, None):
             yield
             return
-        # The public helper's UNet half (the embeddings come from Compel, already split).
-        with negative_pass(self.model.pipe, text_encoders=False):
+        if passes == (None, []):
+            # The public helper's UNet half (the embeddings come from Compel, already split).
+            with negative_pass(pipe, text_encoders=False):
+                yield
+            return
+        with lora_on_passes(pipe.unet, *passes, lambda: bool(pipe.do_classifier_free_guidance)):
             yield
 
     def release_lora(self) -> None:
         """Take any LoRA off the shared pipeline (before training on it)."""
-        if self._lora.sha256:
+        if self._lora.sha256 or self._negative_lora.sha256:
             self.model.pipe.unload_lora_weights()
-            self._lora = _LoraState()
-        self._lora_applied = ("", 1.0)
+            self._lora, self._negative_lora = _LoraState(), _LoraState()
+        self._lora_applied = ("", 1.0, "", 1.0)
         self._conditioner.clear()
 
     def render(
@@ -317,7 +387,7 @@ class Generator:
             images = [self._init_for(r) for r in recipes]  # before any step: a missing one fails first
             i2i = self._img2img_pipe()
             i2i.scheduler = pipe.scheduler
-            with self._unet_passes(_negative_only(first)), _vae_slicing(pipe, len(recipes), first.width * first.height):
+            with self._unet_passes(first, i2i), _vae_slicing(pipe, len(recipes), first.width * first.height):
                 out = i2i(
                     **_stacked(conds),
                     image=images,
@@ -330,7 +400,7 @@ class Generator:
                 )
             return _to_images(_images_of(out)[: len(recipes)])
         use_refiner = bool(first.refiner) and self.model.refiner is not None
-        with self._unet_passes(_negative_only(first)), _vae_slicing(pipe, len(recipes), first.width * first.height):
+        with self._unet_passes(first, pipe), _vae_slicing(pipe, len(recipes), first.width * first.height):
             out = pipe(
                 **_stacked(conds),
                 num_inference_steps=first.steps,
@@ -452,6 +522,8 @@ BATCH_SHARED = (
     "lora_hash",
     "lora_scale",
     "lora_passes",
+    "negative_lora_hash",
+    "negative_lora_scale",
     "refiner",
     "refiner_switch",
     "strength",  # 0 from noise: text-to-image and img2img never share a call
@@ -612,12 +684,14 @@ def regenerate(generator: Generator, recipe: Recipe, store: Store | None = None)
         )
     if recipe.vae_hash != model.vae_sha256:
         raise NegaloraError(f"recipe was made with VAE {recipe.vae or 'of the model'}; load that VAE to remake it")
-    if recipe.lora_path:
-        path = Path(recipe.lora_path)
+    for where, sha in ((recipe.lora_path, recipe.lora_hash), (recipe.negative_lora_path, recipe.negative_lora_hash)):
+        if not where:
+            continue
+        path = Path(where)
         if not path.is_file():
             raise NegaloraError(f"{path}: the recipe's LoRA file is gone")
         check_lora_file(path)  # the file may have been replaced since; hashing reads its header length
-        if generator._lora_hash(path) != recipe.lora_hash:
+        if generator._lora_hash(path) != sha:
             raise NegaloraError(f"{path}: the LoRA file changed since the image was made")
     if recipe.batch_size > 1:
         # the batch's other images are not in the recipe; a batch of the same size with this one in

@@ -15,10 +15,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from negalora.api import BOTH, DEFAULT, LORA_PASSES, NEGATIVE, check_lora_passes
+from negalora.api import BOTH, DEFAULT, LORA_PASSES, NEGATIVE, POSITIVE, check_lora_passes
 from negalora.api import LORA_PASS_DESCRIPTIONS as DESCRIPTIONS
 
-__all__ = ["BOTH", "DEFAULT", "DESCRIPTIONS", "LORA_PASSES", "NEGATIVE", "check_lora_passes", "negative_pass"]
+__all__ = [
+    "BOTH",
+    "DEFAULT",
+    "DESCRIPTIONS",
+    "LORA_PASSES",
+    "NEGATIVE",
+    "POSITIVE",
+    "check_lora_passes",
+    "negative_pass",
+]
 
 
 def _half(value: Any, n: int, second: bool) -> Any:
@@ -38,29 +47,63 @@ def lora_on_negative_pass(unet, guided: Callable[[], bool] | None = None) -> Ite
     """While active, a UNet call on a [negative; positive] batch runs the LoRA on the first half only.
     ``guided`` says, at each call, whether the batch has a negative half at all (the pipeline's
     ``do_classifier_free_guidance``); without one the LoRA stays off."""
+    with lora_on_passes(unet, None, [], guided):
+        yield
+
+
+@contextmanager
+def _adapters(unet, layers: list, names: list[str] | None) -> Iterator[None]:
+    """The UNet's calls inside run these adapters: None all of them (as loaded), [] none."""
+    if names is None:
+        yield
+        return
+    if not names:
+        unet.disable_lora()
+        try:
+            yield
+        finally:
+            unet.enable_lora()
+        return
+    before = [layer.active_adapters for layer in layers]
+    for layer in layers:
+        layer.set_adapter([n for n in names if n in layer.lora_A])
+    try:
+        yield
+    finally:
+        for layer, active in zip(layers, before, strict=True):
+            layer.set_adapter(active)
+
+
+@contextmanager
+def lora_on_passes(
+    unet, negative: list[str] | None, positive: list[str] | None, guided: Callable[[], bool] | None = None
+) -> Iterator[None]:
+    """While active, a UNet call on a [negative; positive] batch runs the adapters ``negative`` on the
+    first half and ``positive`` on the second (None: every loaded adapter; []: none). Without a
+    negative half (``guided`` false, CFG 1) the whole batch is the positive pass."""
     import torch
 
+    layers = []
+    if negative or positive:  # named adapters: the LoRA layers, found once
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
     original = unet.forward
     shadowed = "forward" in unet.__dict__  # a wrapper already set on the instance (an offload hook)
 
     def forward(sample, *args, **kwargs):
         n = sample.shape[0] // 2
         if n == 0 or sample.shape[0] % 2 or (guided is not None and not guided()):  # no negative half
-            unet.disable_lora()
-            try:
+            with _adapters(unet, layers, positive):
                 return original(sample, *args, **kwargs)
-            finally:
-                unet.enable_lora()
-        negative = original(_half(sample, n, False), *_half(args, n, False), **_half(kwargs, n, False))
-        unet.disable_lora()
-        try:
-            positive = original(_half(sample, n, True), *_half(args, n, True), **_half(kwargs, n, True))
-        finally:
-            unet.enable_lora()
-        if isinstance(negative, tuple):
-            return (torch.cat([negative[0], positive[0]]),)
-        negative.sample = torch.cat([negative.sample, positive.sample])
-        return negative
+        with _adapters(unet, layers, negative):
+            first = original(_half(sample, n, False), *_half(args, n, False), **_half(kwargs, n, False))
+        with _adapters(unet, layers, positive):
+            second = original(_half(sample, n, True), *_half(args, n, True), **_half(kwargs, n, True))
+        if isinstance(first, tuple):
+            return (torch.cat([first[0], second[0]]),)
+        first.sample = torch.cat([first.sample, second.sample])
+        return first
 
     unet.forward = forward  # an instance attribute shadows the class's forward for nn.Module.__call__
     try:
@@ -91,6 +134,24 @@ def text_encoder_lora_off(pipe) -> Iterator[bool]:
     finally:
         for te in encoders:
             enable_lora_for_text_encoder(te)
+
+
+@contextmanager
+def text_encoder_adapters(pipe, names: list[str] | None) -> Iterator[None]:
+    """The adapted text encoders run these adapters while active (None: all, []: none)."""
+    encoders = adapted_text_encoders(pipe)
+    if names is None or not encoders:
+        yield
+        return
+    if not names:
+        with text_encoder_lora_off(pipe):
+            yield
+        return
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for te in encoders for m in te.modules() if isinstance(m, LoraLayer)]
+    with _adapters(None, layers, names):
+        yield
 
 
 def _negative_pass_encode_prompt(pipe, original):

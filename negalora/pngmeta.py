@@ -72,10 +72,14 @@ def format_parameters(recipe: Recipe) -> str:
             ("Refiner", f"{recipe.refiner} [{recipe.refiner_hash[:10]}]"),
             ("Refiner switch at", _fmt_float(recipe.refiner_switch)),
         ]
-    if recipe.lora:
-        pairs.append(("Lora hashes", f"{recipe.lora}: {recipe.lora_hash[:12]}"))
-        if recipe.lora_passes != "both":  # negalora's own: the LoRA acted on the negative pass only
-            pairs.append(("Lora passes", recipe.lora_passes))
+    hashes = [f"{name}: {sha[:12]}" for name, sha in ((recipe.lora, recipe.lora_hash),
+              (recipe.negative_lora, recipe.negative_lora_hash)) if name]  # fmt: skip
+    if hashes:
+        pairs.append(("Lora hashes", ", ".join(hashes)))
+    if recipe.lora and recipe.lora_passes != "both":  # negalora's own: the passes the LoRA acted on
+        pairs.append(("Lora passes", recipe.lora_passes))
+    if recipe.negative_lora:  # negalora's own: a second LoRA, on the negative pass only
+        pairs.append(("Negative pass lora", f"{recipe.negative_lora}:{_fmt_float(recipe.negative_lora_scale)}"))
     if recipe.init_image:  # as A1111's img2img tab writes it; the init image's hash is negalora's own
         pairs += [("Denoising strength", _fmt_float(recipe.strength)), ("Init image hash", recipe.init_image[:10])]
     if recipe.batch_size > 1:  # as A1111 writes them, only for a real batch
@@ -163,7 +167,17 @@ def recipe_fields_from_parameters(text: str) -> dict:
     if "Model hash" in s:
         out["model_hash"] = s["Model hash"]
     if "Lora hashes" in s:
-        out["lora_hash"] = s["Lora hashes"].rpartition(":")[2].strip()
+        named = dict(part.rpartition(":")[::2] for part in s["Lora hashes"].split(","))
+        named = {k.strip(): v.strip() for k, v in named.items()}
+        if "lora" in out and out["lora"] in named:
+            out["lora_hash"] = named[out["lora"]]
+        elif named:
+            out["lora_hash"] = next(iter(named.values()))
+    if "Negative pass lora" in s:
+        name, _, scale = s["Negative pass lora"].rpartition(":")
+        out["negative_lora"], out["negative_lora_scale"] = name, _number("Negative pass lora", scale, float)
+        if "Lora hashes" in s and name in named:
+            out["negative_lora_hash"] = named[name]
     if "Refiner" in s:
         name, _, h = s["Refiner"].rpartition(" [")
         out["refiner"], out["refiner_hash"] = name, h.rstrip("]")

@@ -32,7 +32,11 @@ class Recipe:
     lora_path: str = ""
     lora_hash: str = ""  # sha256 of the tensor data (A1111's LoRA hash), full hex
     lora_scale: float = 1.0
-    lora_passes: str = "both"  # the guidance passes the LoRA acts on: both | negative (negalora.lora_passes)
+    lora_passes: str = "both"  # the guidance passes the LoRA acts on: both | negative | positive
+    negative_lora: str = ""  # a second LoRA, on the negative pass only ("" when none)
+    negative_lora_path: str = ""
+    negative_lora_hash: str = ""
+    negative_lora_scale: float = 1.0
     refiner: str = ""
     refiner_hash: str = ""
     refiner_location: str = ""

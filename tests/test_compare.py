@@ -308,7 +308,7 @@ def test_cancel_keeps_finished_cells_and_writes_no_grid(generator, store, lora_f
         ({"prompts": ()}, "at least one prompt"),
         ({"seeds": ()}, "at least one seed"),
         ({"kind": "xy"}, "comparison kind"),
-        ({"lora_passes": "positive"}, "LoRA passes"),
+        ({"lora_passes": "sideways"}, "LoRA passes"),
         ({"kind": "checkpoint_sweep"}, "needs a training run"),
     ],
 )

@@ -225,3 +225,18 @@ def test_every_sampler_re_renders(generator, source, scheduler):
     (stored, recipe), *_ = _rerender(generator, store, source_id, 0.5, seed=3, scheduler=scheduler)
     assert recipe.scheduler == scheduler
     assert np.abs(_px(_open(stored.path)) - _px(_open(path))).mean() > 0
+
+
+def test_the_negative_pass_re_render_works_on_a_model_that_never_rendered_from_noise(tmp_path, source):
+    from negalora.device import choose_placement
+    from negalora.generate import Generator
+    from negalora.models.loader import load_model
+
+    store, source_id, _ = source
+    fresh = Generator(load_model("demo", store.home, choose_placement("cpu")))  # its pipeline never called
+    lora = write_demo_lora(fresh.model.pipe, tmp_path / "wrong.safetensors")
+    request = GenerateRequest(
+        prompts=("",), init_image=str(source_id), strength=0.5, steps=6, guidance=3, lora=str(lora), seed=1
+    )
+    (stored, recipe), *_ = generate_to_store(fresh, store, request)
+    assert recipe.lora_passes == "negative" and stored.path.is_file()

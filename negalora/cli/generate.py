@@ -53,9 +53,16 @@ def add_parsers(sub) -> None:
         "--lora-passes",
         choices=LORA_PASSES,
         default=DEFAULT,
-        help="guidance passes the LoRA acts on: both (as A1111/ComfyUI) or negative (the unconditional pass "
-        f"only; default {DEFAULT})",
+        help="guidance passes the LoRA acts on: both (as A1111/ComfyUI), negative (the unconditional pass "
+        f"only; default {DEFAULT}) or positive (the prompt's pass only: a LoRA of what you like)",
     )
+    g.add_argument(
+        "--negative-lora",
+        metavar="FILE",
+        help="a second LoRA, on the negative pass only, beside --lora (e.g. `right` on the positive pass "
+        "and `wrong` here)",
+    )
+    g.add_argument("--negative-lora-scale", type=float, default=1.0, metavar="X", help="its strength (default 1)")
     g.add_argument(
         "--init-image",
         metavar="ID|FILE",
@@ -101,6 +108,8 @@ def cmd_generate(args) -> int:
         lora=args.lora,
         lora_scale=args.lora_scale,
         lora_passes=args.lora_passes,
+        negative_lora=args.negative_lora,
+        negative_lora_scale=args.negative_lora_scale,
         refiner_switch=args.refiner_switch,
         batch_size=args.batch_size,
         init_image=args.init_image or "",

@@ -6,7 +6,7 @@ the negative token is used and which LoRA (if any) acts, at what scale, on which
 
 from dataclasses import asdict, dataclass
 
-from negalora.lora_passes import BOTH, NEGATIVE
+from negalora.lora_passes import BOTH, NEGATIVE, POSITIVE
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,9 @@ class Column:
 
 
 def _lora_label(scale: float, passes: str) -> str:
-    return f"LoRA {scale:g} on negative pass" if passes == NEGATIVE else f"LoRA {scale:g} + negative"
+    if passes in (NEGATIVE, POSITIVE):
+        return f"LoRA {scale:g} on {passes} pass"
+    return f"LoRA {scale:g} + negative"
 
 
 def three_way(lora_path: str, scale: float, token: str, passes: str, negative_pass_column: bool, step=None):
@@ -44,7 +46,7 @@ def three_way(lora_path: str, scale: float, token: str, passes: str, negative_pa
         ),
     ]
     if negative_pass_column:
-        other = BOTH if passes == NEGATIVE else NEGATIVE
+        other = NEGATIVE if passes == BOTH else BOTH  # a negative or positive LoRA beside both passes
         columns.append(
             Column(
                 "lora_" + other,
