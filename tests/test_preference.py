@@ -251,3 +251,19 @@ def test_a_dpo_run_trains_on_its_pairs(home):
     tensors = load_file(result.checkpoints[-1])
     assert any("lora" in k for k in tensors)
     store.close()
+
+
+def test_a_picks_lora_learns_right_from_the_picks_only(home):
+    import json
+
+    model, store = _rated(home)
+    config = _config("dreambooth", source="picks", steps=2, checkpoint_every=2, validation_steps=0)
+    result = Trainer(home, store, model).start(config)
+    assert result.status == "done"
+    dataset = json.loads((home.runs / result.run_id / "dataset.json").read_text())
+    picks = sorted(r["id"] for r in store.images(verdict="pick"))
+    assert sorted(i["image_id"] for i in dataset["images"]) == picks
+    assert {i["caption"] for i in dataset["images"]} == {"right"}
+    with pytest.raises(NegaloraError, match="source 'votes'"):
+        TrainConfig(source="votes").check()
+    store.close()

@@ -4,7 +4,7 @@ import os
 import sys
 
 from negalora.cli.common import add_common, emit, load_model_from_args, model_spec
-from negalora.train.config import DEFAULT_BETA, OBJECTIVES
+from negalora.train.config import DEFAULT_BETA, OBJECTIVES, PICKS_TOKEN, SOURCES
 
 
 def add_parsers(sub) -> None:
@@ -73,6 +73,12 @@ def add_parsers(sub) -> None:
         choices=OBJECTIVES,
         help="dreambooth: the rejects as the token (default); kto: every pick and reject with its own prompt "
         "(Diffusion-KTO); dpo: pairs of one prompt, from blind votes, then a pick and a reject (Diffusion-DPO)",
+    )
+    t.add_argument(
+        "--source",
+        choices=SOURCES,
+        help="dreambooth: learn the token from the rejects (default; `wrong`, for the negative pass) or the "
+        f"picks (`{PICKS_TOKEN}` unless --token; for --lora-passes positive)",
     )
     t.add_argument(
         "--beta",

@@ -312,9 +312,9 @@ class Store(EvaluationTables):
                 out[image_id] = (verdict, json.loads(reasons) if reasons else [])
         return out
 
-    def rejected_at(self) -> dict[int, str]:
-        """When each rejected image was rejected (``images`` does not return the rating time)."""
-        return dict(self.db.execute("SELECT image_id, updated FROM ratings WHERE verdict = 'reject'").fetchall())
+    def rejected_at(self, verdict: str = "reject") -> dict[int, str]:
+        """When each image with this verdict got it (``images`` does not return the rating time)."""
+        return dict(self.db.execute("SELECT image_id, updated FROM ratings WHERE verdict = ?", [verdict]).fetchall())
 
     def recipe(self, image_id: int) -> Recipe | None:
         row = self.db.execute(

@@ -17,6 +17,8 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile's; induct
 # (undesirable) with its own prompt (Diffusion-KTO). dpo: pairs of one prompt, preferred and not
 # (Diffusion-DPO): blind votes first, then a pick and a reject of one prompt and size.
 OBJECTIVES = ("dreambooth", "kto", "dpo")
+SOURCES = ("rejects", "picks")
+PICKS_TOKEN = "right"  # the token of a picks LoRA unless another is given
 DEFAULT_BETA = {"kto": 1000.0, "dpo": 5000.0}  # the papers' (diffusers' DPO-SDXL script uses 5000)
 
 
@@ -67,6 +69,9 @@ class TrainConfig:
     class_steps: int = 25  # sampling steps used to make the class images
     extra: tuple[str, ...] = field(default_factory=tuple)  # files or folders trained on besides the rejects
     objective: str = "dreambooth"  # one of OBJECTIVES
+    # dreambooth: what the token learns: the rejects (`wrong`, for the negative pass) or the picks
+    # (`right`, for the positive pass)
+    source: str = "rejects"
     beta: float | None = None  # kto/dpo: the strength of the preference (None: DEFAULT_BETA)
     desirable_weight: float = 1.0  # kto: the weight of the picks' loss (lambda_D)
     undesirable_weight: float = 1.0  # kto: the weight of the rejects' loss (lambda_U)
@@ -125,6 +130,10 @@ class TrainConfig:
             raise NegaloraError(f"validation CFG {self.validation_guidance}: must be between 0 and 50")
         if self.prior_weight < 0 or self.class_images < 0 or self.class_steps < 1:
             raise NegaloraError("prior weight and class images must not be negative; class steps at least 1")
+        if self.source not in SOURCES:
+            raise NegaloraError(f"source {self.source!r}: choose one of {', '.join(SOURCES)}")
+        if self.source == "picks" and self.objective != "dreambooth":
+            raise NegaloraError(f"{self.objective} learns from picks and rejects together: no --source")
         if self.objective not in OBJECTIVES:
             raise NegaloraError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if self.preference:

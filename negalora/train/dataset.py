@@ -70,6 +70,7 @@ def collect_rejects(
     since: str | None = None,
     until: str | None = None,
     extra: Sequence[Path] = (),
+    verdict: str = "reject",
 ) -> list[Candidate]:
     """Rejected store images (oldest first), filtered by reason tags and time, then the files in ``extra``.
 
@@ -78,9 +79,9 @@ def collect_rejects(
     """
     wanted = {r.casefold() for r in reasons} if reasons else None
     in_window = _time_window(since, until)
-    rejected_at = store.rejected_at()
+    rejected_at = store.rejected_at(verdict)
     out = []
-    for row in sorted(store.images(verdict="reject"), key=lambda r: r["id"]):
+    for row in sorted(store.images(verdict=verdict), key=lambda r: r["id"]):
         tags = tuple(row.get("reasons") or ())
         if wanted is not None and not wanted & {t.casefold() for t in tags}:
             continue

@@ -32,7 +32,7 @@ from negalora.train import checkpoints
 from negalora.train.checkpoints import TEXT_ENCODERS
 from negalora.train.checkpoints import move as _move
 from negalora.train.checkpoints import validation_guidance as validation_guidance  # public here too
-from negalora.train.config import TrainConfig
+from negalora.train.config import PICKS_TOKEN, TrainConfig
 from negalora.train.distributed import (
     any_process,
     distributed_state,
@@ -97,8 +97,11 @@ class Trainer:
             candidates, id_pairs, left = collect_pairs(self.store)
         else:
             extra = [Path(p) for p in config.extra]
+            if config.source == "picks" and config.token == "wrong":  # the default token is the rejects'
+                config = replace(config, token=PICKS_TOKEN)
+            verdict = "pick" if config.source == "picks" else "reject"
             candidates = collect_rejects(
-                self.store, reasons=config.reasons or None, since=since, until=until, extra=extra
+                self.store, reasons=config.reasons or None, since=since, until=until, extra=extra, verdict=verdict
             )
         report = preflight(candidates, token=config.token, with_reasons=config.captions_with_reasons)
         pairs, lost = pair_indices(report.images, id_pairs)
@@ -125,7 +128,8 @@ class Trainer:
                 f"KTO learns from picks and rejects: {labels['pick']} picks, {labels['reject']} rejects"
             )
         if not report.images:
-            raise NegaloraError("no training images: reject some images first (or pass files to train on)")
+            what = "pick" if config.source == "picks" else "reject"
+            raise NegaloraError(f"no training images: {what} some images first (or pass files to train on)")
         if not config.validation_prompts:
             config = _with_validation_prompts(config, self.model)
         if config.preference and config.validation_passes == "negative":
