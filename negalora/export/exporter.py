@@ -158,6 +158,15 @@ def plan_export(store, request: ExportRequest) -> ExportPlan:
     if request.fmt not in FORMATS:
         raise NegaloraError(f"format {request.fmt!r}: choose {' or '.join(FORMATS)}")
     source = find_source(store, request.run_id, request.step)
+    if source.config.preference or source.config.source == "picks":
+        # The card, the A1111 notes and the ComfyUI hook graphs are written for `wrong` on the negative
+        # pass; a LoRA of what is liked belongs on the positive pass, and nothing here says so yet.
+        raise NegaloraError(
+            f"run {request.run_id}: a {source.config.objective} LoRA from "
+            f"{'picks' if source.config.source == 'picks' else 'picks and rejects'} is not exported yet "
+            f"(its card and workflows would describe the negative pass); use its checkpoint {source.path} "
+            "with --lora-passes positive"
+        )
     if request.name and request.name.strip():
         name = check_name(request.name.strip())
     elif (
