@@ -32,7 +32,7 @@ from negalora.train import checkpoints
 from negalora.train.checkpoints import TEXT_ENCODERS
 from negalora.train.checkpoints import move as _move
 from negalora.train.checkpoints import validation_guidance as validation_guidance  # public here too
-from negalora.train.config import PICKS_TOKEN, TrainConfig
+from negalora.train.config import TrainConfig
 from negalora.train.distributed import (
     any_process,
     distributed_state,
@@ -86,50 +86,13 @@ class Trainer:
     def start(self, config: TrainConfig, *, since: str | None = None, until: str | None = None) -> RunResult:
         """A new run on the store's rejects (and ``config.extra`` files), or, for the preference
         objectives, on its picks and rejects (kto) or preferred pairs (dpo)."""
-        from negalora.train.dataset import collect_rejects, preflight
-        from negalora.train.preferences import collect_labels, collect_pairs, pair_indices
+        from negalora.train.inputs import collect
 
         config.check()
-        left, id_pairs = [], []
-        if config.objective == "kto":
-            candidates, left = collect_labels(self.store)
-        elif config.objective == "dpo":
-            candidates, id_pairs, left = collect_pairs(self.store)
-        else:
-            extra = [Path(p) for p in config.extra]
-            if config.source == "picks" and config.token == "wrong":  # the default token is the rejects'
-                config = replace(config, token=PICKS_TOKEN)
-            verdict = "pick" if config.source == "picks" else "reject"
-            candidates = collect_rejects(
-                self.store, reasons=config.reasons or None, since=since, until=until, extra=extra, verdict=verdict
-            )
-        report = preflight(candidates, token=config.token, with_reasons=config.captions_with_reasons)
-        pairs, lost = pair_indices(report.images, id_pairs)
-        left += lost
-        labels = {v: sum(i.label == v for i in report.images) for v in ("pick", "reject")}
-        self._emit(
-            {
-                "type": "preflight",
-                "objective": config.objective,
-                "images": len(report.images),
-                "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
-                "left_out": [{"what": x.what, "reason": x.reason} for x in left],
-                "warnings": report.warnings,
-                **({"labels": labels} if config.objective == "kto" else {}),
-                **({"pairs": len(pairs)} if config.objective == "dpo" else {}),
-            }
-        )
-        if config.objective == "dpo" and not pairs:
-            raise NegaloraError(
-                "no pairs for DPO: vote in blind A/B comparisons, or pick and reject images of the same prompt"
-            )
-        if config.objective == "kto" and not (labels["pick"] and labels["reject"]):
-            raise NegaloraError(
-                f"KTO learns from picks and rejects: {labels['pick']} picks, {labels['reject']} rejects"
-            )
-        if not report.images:
-            what = "pick" if config.source == "picks" else "reject"
-            raise NegaloraError(f"no training images: {what} some images first (or pass files to train on)")
+        chosen = collect(self.store, config, since, until)
+        self._emit(chosen.event())
+        chosen.check()
+        config = chosen.config
         if not config.validation_prompts:
             config = _with_validation_prompts(config, self.model)
         if config.preference and config.validation_passes == "negative":
@@ -140,24 +103,16 @@ class Trainer:
             run_dir = self.home.runs / run_id
             (run_dir / "checkpoints").mkdir(parents=True)
             atomic_write_text(run_dir / "config.json", config.to_json())
-            dataset = {
-                "images": [{**asdict(i), "path": str(i.path)} for i in report.images],
-                "refused": [{"path": str(r.path), "reason": r.reason} for r in report.refused],
-                "warnings": report.warnings,
-                "model": {"name": self.model.name, "location": self.model.location, "sha256": self.model.sha256},
-                "pairs": [list(p) for p in pairs],  # dpo: (preferred, rejected) indices into images
-                "left_out": [{"what": x.what, "reason": x.reason} for x in left],
-            }
-            atomic_write_text(run_dir / "dataset.json", json.dumps(dataset, indent=2))
+            atomic_write_text(run_dir / "dataset.json", json.dumps(chosen.dataset(self.model), indent=2))
             model_id = self.store.ensure_model(
                 self.model.name, self.model.source, self.model.location, self.model.sha256
             )
-            self.store.create_run(run_id, model_id, config.to_json(), len(report.images))
+            self.store.create_run(run_id, model_id, config.to_json(), len(chosen.images))
         if self._dist is not None:  # one run: the main process's id
             from accelerate.utils import broadcast_object_list
 
             run_id = broadcast_object_list([run_id])[0]
-        return self._run(run_id, config, report.images, start_step=0, pairs=pairs)
+        return self._run(run_id, config, chosen.images, start_step=0, pairs=chosen.pairs)
 
     def resume(self, run_id: str) -> RunResult:
         """Continue a run from its last checkpoint; the step count keeps counting."""
