@@ -87,9 +87,11 @@ def steps_run(recipe: Recipe) -> int:
     return int(recipe.steps * recipe.strength) if recipe.init_image else recipe.steps
 
 
-def init_size(width: int, height: int) -> tuple[int, int]:
-    """An init image's size as a render size: whole multiples of 8, the longer side at most MAX_SIDE."""
-    scale = min(1.0, MAX_SIDE / max(width, height))
+def init_size(width: int, height: int, native: int) -> tuple[int, int]:
+    """An init image's size as a render size: its own, or its shape at the model's native area when
+    it is larger (a 4000 x 3000 photo renders near 1 MP on SDXL, as SDXL's buckets), in whole
+    multiples of 8 and at most MAX_SIDE a side."""
+    scale = min(1.0, (native * native / (width * height)) ** 0.5, MAX_SIDE / max(width, height))
     return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
 
 
@@ -132,7 +134,7 @@ class Generator:
         native = (self.model.native_size, self.model.native_size)
         if request.init_image:
             init_sha = self.add_init_image(Path(request.init_image))
-            native = init_size(*self._init_images[init_sha].size)
+            native = init_size(*self._init_images[init_sha].size, self.model.native_size)
             init_fields = {"init_image": init_sha, "strength": float(request.strength)}
         width = request.width or native[0]
         height = request.height or native[1]

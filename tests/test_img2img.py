@@ -240,3 +240,12 @@ def test_the_negative_pass_re_render_works_on_a_model_that_never_rendered_from_n
     )
     (stored, recipe), *_ = generate_to_store(fresh, store, request)
     assert recipe.lora_passes == "negative" and stored.path.is_file()
+
+
+def test_a_large_init_image_renders_at_the_models_area_in_its_shape():
+    from negalora.generate import init_size
+
+    assert init_size(4000, 3000, 1024) == (1176, 880)  # 1.03 MP, 4:3
+    assert init_size(800, 600, 1024) == (800, 600)  # smaller: its own size
+    assert init_size(37, 29, 32) == (32, 24)
+    assert init_size(5, 5, 32) == (8, 8)
