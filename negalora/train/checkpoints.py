@@ -130,7 +130,9 @@ def write(
 @torch.no_grad()
 def validate(run: "TrainingRun", unet, step: int, *, model: "LoadedModel", emit: Callable[[dict], None]) -> None:
     """Render the fixed test prompts with ``wrong`` as the negative, on the LoRA as it stands, the
-    way the run says (the negative pass by default) at the CFG its comparisons use."""
+    way the run says (the negative pass by default) at the CFG its comparisons use. A LoRA of what
+    is liked is shown the way it is used: a picks LoRA with its token in the prompt, a KTO or DPO
+    one on the prompt alone; neither with the token as the negative."""
     config = run.config
     if not config.validation_prompts or config.validation_steps < 1:
         return
@@ -148,12 +150,13 @@ def validate(run: "TrainingRun", unet, step: int, *, model: "LoadedModel", emit:
     size = config.resolution or model.native_size
     guidance = validation_guidance(config, model)
     paths = []
+    liked = config.preference or config.source == "picks"
     for k, prompt in enumerate(config.validation_prompts):
         image = render(
             model,
             conditioner,
-            prompt,
-            config.token,
+            f"{prompt}, {config.token}" if config.source == "picks" else prompt,
+            "" if liked else config.token,
             seed=config.validation_seed,
             steps=config.validation_steps,
             size=size,

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from negalora.api import DEFAULT_STRENGTH, MAX_SEED, GenerateRequest
-from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
+from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE, POSITIVE
 from negalora.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from negalora.ui.prompt_highlighter import PromptHighlighter
 from negalora.wrong_set import DEFAULT_COUNT, wrong_set_requests
@@ -116,15 +116,17 @@ class GeneratePage(QWidget):
         self.lora_passes = QComboBox()
         self.lora_passes.addItem("both passes", BOTH)
         self.lora_passes.addItem("negative pass only", NEGATIVE)
+        self.lora_passes.addItem("positive pass only (for a picks, KTO or DPO LoRA)", POSITIVE)
         self.lora_passes.setCurrentIndex(self.lora_passes.findData(DEFAULT))
         self.lora_passes.setToolTip(
             "Both: the LoRA acts on the positive and the negative pass, as in A1111 and ComfyUI.\n"
-            "Negative pass only: it acts only where the negative prompt is drawn."
+            "Negative pass only: it acts only where the negative prompt is drawn (for a `wrong` LoRA).\n"
+            "Positive pass only: it acts only where the prompt is drawn (for a LoRA of what you liked:\n"
+            "one trained on picks, or with KTO or DPO)."
         )
         lora_row = QHBoxLayout()
         lora_row.addWidget(self.lora, 1)
         lora_row.addWidget(self.lora_scale)
-        lora_row.addWidget(self.lora_passes)
 
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed, 1)
@@ -142,6 +144,7 @@ class GeneratePage(QWidget):
         form.addRow("Size", self.image_size)
         form.addRow("Sampler", self.scheduler)
         form.addRow("LoRA", lora_row)
+        form.addRow("LoRA acts on", self.lora_passes)  # its own row: the positive choice's label is long
 
         self.go = QPushButton("Generate")
         self.go.setDefault(True)

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from negalora.api import BOTH, DEFAULT_STRENGTH, MAX_SEED, NEGATIVE, GenerateRequest, check_request
+from negalora.api import BOTH, DEFAULT_STRENGTH, MAX_SEED, NEGATIVE, POSITIVE, GenerateRequest, check_request
 from negalora.errors import NegaloraError
 from negalora.store import Store
 
@@ -36,11 +36,13 @@ MAX_COUNT = 16
 PASS_LABELS = {
     NEGATIVE: "negative pass only (measured best)",
     BOTH: "both passes (as A1111 and ComfyUI)",
+    POSITIVE: "positive pass only (for a picks, KTO or DPO LoRA)",
 }
 PASS_TIP = (
     "Negative pass only: the LoRA acts only where the negative prompt is drawn; on the demo world this\n"
     "cut defects the most (docs/efficacy.md). Both: the LoRA acts on the positive and the negative pass,\n"
-    "as in A1111 and ComfyUI."
+    "as in A1111 and ComfyUI. Positive pass only: it acts only where the prompt is drawn, for a LoRA of\n"
+    "what you liked (one trained on picks, or with KTO or DPO)."
 )
 STRENGTH_TIP = (
     "Denoising strength (A1111's): the share of the steps re-run from the image. Low keeps its\n"

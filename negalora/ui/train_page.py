@@ -2,12 +2,13 @@
 a live loss curve, step, it/s, ETA and peak memory, and validation images as they appear.
 Training runs in the worker process; this page only sends the settings and shows the events."""
 
+import html
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal
-from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtGui import QColor, QDoubleValidator, QIcon, QPalette, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from negalora.store import Store
-from negalora.train.config import LR_SCHEDULES, PRESETS, TrainConfig, default_preset
+from negalora.train.config import DEFAULT_BETA, LR_SCHEDULES, PICKS_TOKEN, PRESETS, TrainConfig, default_preset
 
 PRESET_LABELS = {
     "woolf": "Woolf (rank 4, LR 1e-4)",
@@ -36,33 +37,66 @@ PRESET_LABELS = {
     "cpu-demo": "Demo model (rank 16 + feed-forward, LR 3e-4)",
 }
 THUMB = 72
+# What a run learns, as the artist chooses it: the key, its label, and the config's (objective, source)
+OBJECTIVE_CHOICES = {
+    "rejects": ("Learn `wrong` from rejects (DreamBooth)", "dreambooth", "rejects"),
+    "picks": ("Learn `right` from picks (DreamBooth, for the positive pass)", "dreambooth", "picks"),
+    "kto": ("KTO: picks and rejects", "kto", "rejects"),
+    "dpo": ("DPO: preferred pairs (votes, then a pick and a reject of one prompt)", "dpo", "rejects"),
+}
+PREFERENCE_KINDS = ("kto", "dpo")
+LEFT_OUT_SHOWN = 5  # ids listed per reason before "and N more"
+MARGIN_WINDOW = 20
+REFERENCE_TIP = "{name} measures the LoRA against the base model as its reference"
+HELD_TIPS = {
+    "text_encoder": REFERENCE_TIP + ", so the text encoders stay frozen.",
+    "prior": REFERENCE_TIP + ", which keeps it near the model's prior: no prior preservation.",
+    "caption": "{name} captions each image with its own prompt: no token and no reason tags.",
+    "picks_reasons": "Reason tags belong to rejects: a picks LoRA learns from every pick.",
+    "validation": "A {name} LoRA learns the prompt's own pass: its validation images show it on both passes.",
+}
 
 
 class _CheckSignals(QObject):
-    done = Signal(int, list, list)  # images, refused (path, reason), warnings
+    done = Signal(dict)  # the trainer's preflight event (or {"error": message})
 
 
 class _CheckDataset(QRunnable):
-    """Pre-flight on a pool thread with its own connection: the same checks the trainer makes."""
+    """Pre-flight on a pool thread with its own connection: the same collection and checks the trainer makes."""
 
     def __init__(self, home, config: TrainConfig, signals: _CheckSignals):
         super().__init__()
         self.home, self.config, self.signals = home, config, signals
 
     def run(self) -> None:
-        from negalora.train.dataset import collect_rejects, preflight
+        from negalora.errors import NegaloraError
+        from negalora.train.inputs import collect
 
         store = Store(self.home)
         try:
-            report = preflight(
-                collect_rejects(store, reasons=self.config.reasons or None),
-                token=self.config.token,
-                with_reasons=self.config.captions_with_reasons,
-            )
+            event = collect(store, self.config).event()
+        except NegaloraError as exc:
+            event = {"error": str(exc)}
         finally:
             store.close()
-        refused = [(str(r.path), r.reason) for r in report.refused]
-        self.signals.done.emit(len(report.images), refused, list(report.warnings))
+        self.signals.done.emit(event)
+
+
+def left_out_text(left_out: list[dict]) -> str:
+    """What an objective leaves out, one line per reason: its first few items, then how many more."""
+    by_reason: dict[str, list[str]] = {}
+    for item in left_out:
+        by_reason.setdefault(item["reason"], []).append(item["what"])
+    lines = []
+    for reason, items in by_reason.items():
+        shown = ", ".join(items[:LEFT_OUT_SHOWN])
+        more = f" and {len(items) - LEFT_OUT_SHOWN} more" if len(items) > LEFT_OUT_SHOWN else ""
+        lines.append(f"{shown}{more} — {reason}")
+    return "\n".join(lines)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 class TrainPage(QWidget):
@@ -77,6 +111,32 @@ class TrainPage(QWidget):
         for key, label in PRESET_LABELS.items():
             self.preset.addItem(label, key)
         self.preset.currentIndexChanged.connect(lambda _: self.apply_preset(self.preset.currentData()))
+        self.objective = QComboBox()
+        for key, (label, _, _) in OBJECTIVE_CHOICES.items():
+            self.objective.addItem(label, key)
+        self.objective.setToolTip(
+            "DreamBooth teaches a token from one set of images: `wrong` from the rejects (for the negative pass)\n"
+            "or `right` from the picks (for the positive pass). KTO learns from every pick and reject with its\n"
+            "own prompt; DPO from pairs of one prompt where one image was preferred. A picks, KTO or DPO LoRA\n"
+            "is meant for the positive pass (Generate: LoRA on the positive pass only)."
+        )
+        self._kind = "rejects"
+        self._passes_for_picks = False  # the validation passes were switched to both for a picks LoRA
+        self.objective.currentIndexChanged.connect(lambda _: self._objective_chosen())
+        self.beta = QLineEdit()
+        self.beta.setValidator(QDoubleValidator(1e-6, 1e9, 6, self.beta))
+        self.beta.setToolTip(
+            "β: how strongly the LoRA follows the preference, measured against the base model.\n"
+            "Blank: the papers' value (shown). Higher keeps the LoRA closer to the base model."
+        )
+        self.beta.setMaximumWidth(110)
+        self.desirable = QDoubleSpinBox(minimum=0.0, maximum=10.0, decimals=2, singleStep=0.1, value=1.0)
+        self.desirable.setToolTip("KTO's desirable weight (λ_D): how much the picks count.")
+        self.undesirable = QDoubleSpinBox(minimum=0.0, maximum=10.0, decimals=2, singleStep=0.1, value=1.0)
+        self.undesirable.setToolTip("KTO's undesirable weight (λ_U): how much the rejects count.")
+        self.beta_label = QLabel("Beta")
+        self.weights_label = QLabel("Weights: picks")
+        self.rejects_weight_label = QLabel("rejects")
         self.rank = QSpinBox(minimum=1, maximum=256)
         self.alpha = QDoubleSpinBox(minimum=0.0, maximum=1024.0, decimals=1)
         self.alpha.setSpecialValueText("= rank")
@@ -112,6 +172,11 @@ class TrainPage(QWidget):
             "How the validation images apply the LoRA. The negative pass is how negalora, the ComfyUI workflow and "
             "negative_pass() use it; both passes is how A1111 and a plain LoraLoader do (worse on the demo world)."
         )
+        self.token.textChanged.connect(lambda _: self._show_samples_title())
+        self.validation_passes.currentIndexChanged.connect(lambda _: self._show_samples_title())
+        self.reasons.editingFinished.connect(self._preview)
+        self._tips = {w: w.toolTip() for w in self._objective_bound()}
+        self._held: dict[QWidget, object] = {}  # widgets an objective holds: their own value, kept for later
 
         grid = QGridLayout()
         cells = [
@@ -139,12 +204,25 @@ class TrainPage(QWidget):
         for c in (self.flip, self.feed_forward, self.text_encoder, self.with_reasons, self.prior, self.compile):
             checks.addWidget(c)
         checks.addStretch(1)
+        objective_row = QHBoxLayout()
+        objective_row.addWidget(QLabel("Objective"))
+        objective_row.addWidget(self.objective)
+        objective_row.addSpacing(12)
+        for w in (self.beta_label, self.beta, self.weights_label, self.desirable, self.rejects_weight_label):
+            objective_row.addWidget(w)
+        objective_row.addWidget(self.undesirable)
+        objective_row.addStretch(1)
         settings = QGroupBox("Settings")
         sl = QVBoxLayout(settings)
+        sl.addLayout(objective_row)
         sl.addLayout(grid)
         sl.addLayout(checks)
 
         self.dataset_label = QLabel()
+        self.left_out = QLabel()
+        self.left_out.setWordWrap(True)
+        self.left_out.setStyleSheet("color: #9aa0a6;")
+        self.left_out.setToolTip("What this objective cannot learn from, and why")
         self.check_button = QPushButton("Check the images")
         self.check_button.clicked.connect(self.check_dataset)
         self.thumbs = QListWidget()
@@ -163,6 +241,7 @@ class TrainPage(QWidget):
         top.addWidget(self.dataset_label, 1)
         top.addWidget(self.check_button)
         dl.addLayout(top)
+        dl.addWidget(self.left_out)
         dl.addWidget(self.thumbs)
         dl.addWidget(self.refused)
 
@@ -193,6 +272,13 @@ class TrainPage(QWidget):
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.curve = self.plot.plot([], [], pen=pg.mkPen("#7aa2f7", width=1))
         self.smooth = self.plot.plot([], [], pen=pg.mkPen("#e0af68", width=2))
+        self.margin_label = QLabel()
+        self.margin_label.setToolTip(
+            "KTO and DPO: how much more the LoRA favours what you liked over what you rejected than the base\n"
+            "model does. It should climb above 0 as the run learns; a running mean smooths the per-step noise."
+        )
+        self.margin_label.setWordWrap(True)
+        self.margin_label.setVisible(False)
         self.samples = QListWidget()
         self.samples.setViewMode(QListWidget.ViewMode.IconMode)
         self.samples.setIconSize(QSize(128, 128))
@@ -203,9 +289,11 @@ class TrainPage(QWidget):
         live = QHBoxLayout()
         plot_box = QVBoxLayout()
         plot_box.addWidget(QLabel("<b>Loss</b> (blue: per step, orange: running mean)"))
+        plot_box.addWidget(self.margin_label)
         plot_box.addWidget(self.plot, 1)
         samples_box = QVBoxLayout()
-        samples_box.addWidget(QLabel("<b>Validation images</b> (negative: wrong)"))
+        self.samples_title = QLabel()
+        samples_box.addWidget(self.samples_title)
         samples_box.addWidget(self.samples, 1)
         live.addLayout(plot_box, 3)
         live.addLayout(samples_box, 2)
@@ -220,6 +308,13 @@ class TrainPage(QWidget):
 
         self._steps: list[int] = []
         self._losses: list[float] = []
+        self._margins: list[float] = []
+        # the theme colours every state alike: dim what an objective switches off, so its refusals show
+        for widget in self._objective_bound():
+            palette = widget.palette()
+            for role in (QPalette.ColorRole.WindowText, QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
+                palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6b6f76"))
+            widget.setPalette(palette)
         self._check_signals = _CheckSignals()
         self._check_signals.done.connect(self._checked)
         self.apply_preset("woolf")
@@ -228,7 +323,16 @@ class TrainPage(QWidget):
     # -- settings -------------------------------------------------------------------------
 
     def apply_preset(self, key: str) -> None:
-        self.apply_values(PRESETS[key])
+        """A preset's training settings; what the run learns (objective, token, beta) stays as chosen."""
+        if not hasattr(self, "_base"):  # the first preset: nothing chosen yet
+            self.apply_values(PRESETS[key])
+            return
+        try:
+            chosen = self.config()
+        except ValueError:  # a half-typed number
+            chosen = self._base
+        keep = ("objective", "source", "beta", "desirable_weight", "undesirable_weight", "token")
+        self.apply_values(replace(PRESETS[key], **{k: getattr(chosen, k) for k in keep}))
 
     def apply_default_preset(self, model_spec: str) -> None:
         """Show the preset a new artist starts from on this model (the measured recipe on the demo)."""
@@ -238,6 +342,7 @@ class TrainPage(QWidget):
     def apply_values(self, c: TrainConfig) -> None:
         """Show a config in the widgets; fields without a widget (validation prompts…) ride along."""
         self._base = c
+        self._held.clear()  # the values given are the artist's own
         for widget, value in (
             (self.rank, c.rank),
             (self.steps, c.steps),
@@ -262,9 +367,27 @@ class TrainPage(QWidget):
         self.compile.setChecked(bool(c.compile))
         self.reasons.setText(", ".join(c.reasons))
         self.validation_passes.setCurrentIndex(max(self.validation_passes.findData(c.validation_passes), 0))
+        kind = c.objective if c.objective in PREFERENCE_KINDS else ("picks" if c.source == "picks" else "rejects")
+        self._kind = kind
+        self.objective.blockSignals(True)
+        self.objective.setCurrentIndex(max(self.objective.findData(kind), 0))
+        self.objective.blockSignals(False)
+        self.beta.setText("" if c.beta is None else f"{c.beta:g}")
+        self.desirable.setValue(c.desirable_weight)
+        self.undesirable.setValue(c.undesirable_weight)
+        self._show_objective()
 
     def config(self) -> TrainConfig:
-        reasons = tuple(r.strip() for r in self.reasons.text().split(",") if r.strip())
+        kind = self.objective.currentData()
+        _, objective, source = OBJECTIVE_CHOICES[kind]
+        reasons = tuple(r.strip() for r in self.reasons.text().split(",") if r.strip()) if kind == "rejects" else ()
+        beta = None
+        if kind in PREFERENCE_KINDS and self.beta.text().strip():
+            try:
+                beta = float(self.beta.text().replace(",", "."))
+            except ValueError:
+                raise ValueError(f"beta {self.beta.text()!r}: not a number (leave it blank for the default)") from None
+        kto = kind == "kto"
         return replace(
             self._base,
             rank=self.rank.value(),
@@ -288,33 +411,121 @@ class TrainPage(QWidget):
             compile=(self._base.compile or "inductor") if self.compile.isChecked() else "",
             reasons=reasons,
             validation_passes=self.validation_passes.currentData(),
+            objective=objective,
+            source=source,
+            beta=beta,
+            desirable_weight=self.desirable.value() if kto else 1.0,
+            undesirable_weight=self.undesirable.value() if kto else 1.0,
         )
 
     def state(self) -> dict:
-        return {"preset": self.preset.currentData(), "config": asdict(self.config())}
+        try:
+            config = self.config()
+        except ValueError:  # a half-typed number: keep the last settings that made sense
+            config = self._base
+        return {"preset": self.preset.currentData(), "config": asdict(config)}
+
+    # -- the objective --------------------------------------------------------------------
+
+    def _objective_bound(self) -> list[QWidget]:
+        """The widgets an objective can switch off."""
+        return [self.text_encoder, self.prior, self.with_reasons, self.reasons, self.token, self.validation_passes]
+
+    def _objective_chosen(self) -> None:
+        """The artist chose another objective: the token follows the set it learns, then the page shows it."""
+        before, kind = self._kind, self.objective.currentData()
+        self._kind = kind
+        token = self.token.text().strip()
+        if kind == "picks" and token in ("", "wrong"):
+            self.token.setText(PICKS_TOKEN)
+        elif kind != "picks" and token == PICKS_TOKEN:  # kto/dpo keep it only as validation's negative prompt
+            self.token.setText("wrong")
+        self._show_objective()
+        # a picks LoRA is for the positive pass: its validation images show it on both, not the negative one
+        passes = self.validation_passes.currentData()
+        if kind == "picks" and before != "picks" and passes == "negative":
+            self.validation_passes.setCurrentIndex(self.validation_passes.findData("both"))
+            self._passes_for_picks = True
+        elif kind == "rejects" and self._passes_for_picks:
+            self._passes_for_picks = False
+            if passes == "both":
+                self.validation_passes.setCurrentIndex(self.validation_passes.findData("negative"))
+        self._preview()
+
+    def _show_objective(self) -> None:
+        """Show the fields this objective uses; switch off (with the reason) what it refuses or ignores."""
+        kind = self.objective.currentData()
+        preference = kind in PREFERENCE_KINDS
+        name = kind.upper()
+        for w in (self.beta_label, self.beta):
+            w.setVisible(preference)
+        for w in (self.weights_label, self.desirable, self.rejects_weight_label, self.undesirable):
+            w.setVisible(kind == "kto")
+        if preference:
+            self.beta.setPlaceholderText(f"auto ({DEFAULT_BETA[kind]:g})")
+        reasons_tip = HELD_TIPS["caption"] if preference else HELD_TIPS["picks_reasons"]
+        held = {
+            self.text_encoder: (preference, False, HELD_TIPS["text_encoder"]),
+            self.prior: (preference, False, HELD_TIPS["prior"]),
+            self.with_reasons: (kind != "rejects", False, reasons_tip),
+            self.reasons: (kind != "rejects", None, reasons_tip),
+            self.token: (preference, None, HELD_TIPS["caption"]),
+            self.validation_passes: (preference, "both", HELD_TIPS["validation"]),
+        }
+        for widget, (off, value, tip) in held.items():
+            self._hold(widget, off, value, tip.format(name=name))
+        self._show_samples_title()
+
+    def _hold(self, widget: QWidget, off: bool, value, tip: str) -> None:
+        """Switch a widget off at ``value`` (None: as it is), keeping its own value for when it is on again."""
+        if off:
+            if widget not in self._held:
+                if isinstance(widget, QCheckBox):
+                    self._held[widget] = widget.isChecked()
+                    widget.setChecked(bool(value))
+                elif isinstance(widget, QComboBox):
+                    self._held[widget] = widget.currentIndex()
+                    widget.setCurrentIndex(widget.findData(value))
+                else:
+                    self._held[widget] = None
+            widget.setEnabled(False)
+            widget.setToolTip(tip)
+            return
+        if widget in self._held:
+            kept = self._held.pop(widget)
+            if isinstance(widget, QCheckBox):
+                widget.setChecked(bool(kept))
+            elif isinstance(widget, QComboBox) and isinstance(kept, int):
+                widget.setCurrentIndex(kept)
+        widget.setEnabled(True)
+        widget.setToolTip(self._tips.get(widget, ""))
+
+    def _show_samples_title(self) -> None:
+        if not hasattr(self, "samples_title"):
+            return
+        passes = "both passes" if self.validation_passes.currentData() == "both" else "the negative pass"
+        token = html.escape(self.token.text().strip() or "wrong")
+        _, objective, source = OBJECTIVE_CHOICES[self.objective.currentData()]
+        if source == "picks":  # as the trainer renders them (train/checkpoints.py validate)
+            shown = f"prompt + {token}, no negative"
+        elif objective != "dreambooth":
+            shown = "the prompt alone, no negative"
+        else:
+            shown = f"negative: {token}"
+        self.samples_title.setText(f"<b>Validation images</b> ({shown}; LoRA on {passes})")
 
     def restore(self, data: dict) -> None:
         if data.get("preset") in PRESETS:
             self.preset.setCurrentIndex(list(PRESETS).index(data["preset"]))
         if data.get("config"):
             self.apply_values(TrainConfig.from_dict(data["config"]))
+        self._preview()
 
     # -- dataset and runs -----------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Re-read the rejects and the runs (after ratings change or a run ends)."""
-        rejects = self.store.images("reject")
-        n = len(rejects)
-        self.dataset_label.setText(
-            f"<b>{n}</b> rejected image{'s' if n != 1 else ''} ready for training"
-            + ("" if n >= 5 else " — reject at least 5 (15–100 is typical)")
-        )
-        self.thumbs.clear()
-        for row in rejects[:80]:
-            pix = QPixmap(row["path"])
-            if not pix.isNull():
-                pix = pix.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio)
-            self.thumbs.addItem(QListWidgetItem(QIcon(pix), ""))
+        """Re-read what the objective learns from and the runs (after ratings change or a run ends)."""
+        self._preview()
         self.runs.blockSignals(True)
         self.runs.clear()
         for r in self.store.runs():
@@ -322,11 +533,68 @@ class TrainPage(QWidget):
         self.runs.blockSignals(False)
         self.show_run(self.runs.currentData())
 
+    def _preview(self) -> None:
+        """What the chosen objective will train on, counted from the store (no file is decoded here:
+        Check the images runs the pre-flight), with what it leaves out and why."""
+        from negalora.errors import NegaloraError
+
+        try:
+            text, paths, left = self._collect_preview()
+        except NegaloraError as exc:
+            text, paths, left = f"<span style='color:#e5484d'>{html.escape(str(exc))}</span>", [], []
+        self.dataset_label.setText(text)
+        self.show_left_out(left)
+        self.thumbs.clear()
+        for path in paths[:80]:
+            pix = QPixmap(str(path))
+            if not pix.isNull():
+                pix = pix.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio)
+            self.thumbs.addItem(QListWidgetItem(QIcon(pix), ""))
+
+    def _collect_preview(self) -> tuple[str, list, list[dict]]:
+        """The dataset line, the images' paths (newest first) and what is left out, for the objective."""
+        from negalora.train.dataset import collect_rejects
+        from negalora.train.preferences import collect_labels, collect_pairs
+
+        kind = self.objective.currentData()
+        if kind in ("rejects", "picks"):
+            reasons = [r.strip() for r in self.reasons.text().split(",") if r.strip()] if kind == "rejects" else []
+            chosen = collect_rejects(
+                self.store, reasons=reasons or None, verdict="reject" if kind == "rejects" else "pick"
+            )
+            n = len(chosen)
+            noun, verb = ("rejected", "reject") if kind == "rejects" else ("picked", "pick")
+            tagged = f" tagged {html.escape(', '.join(reasons))}" if reasons else ""
+            text = f"<b>{n}</b> {noun} image{'s' if n != 1 else ''}{tagged} ready for training" + (
+                "" if n >= 5 else f" — {verb} at least 5 (15–100 is typical)"
+            )
+            return text, [c.path for c in reversed(chosen)], []
+        if kind == "kto":
+            candidates, left = collect_labels(self.store)
+            picks = sum(c.label == "pick" for c in candidates)
+            rejects = len(candidates) - picks
+            text = f"<b>{_plural(picks, 'pick')}</b>, <b>{_plural(rejects, 'reject')}</b> ready for KTO" + (
+                "" if picks and rejects else " — KTO needs both picks and rejects"
+            )
+        else:
+            candidates, pairs, left = collect_pairs(self.store)
+            text = f"<b>{_plural(len(pairs), 'pair')}</b> ready for DPO" + (
+                "" if pairs else " — vote in blind A/B comparisons, or pick and reject images of one prompt and size"
+            )
+        paths = [c.path for c in sorted(candidates, key=lambda c: -(c.image_id or 0))]
+        return text, paths, [{"what": x.what, "reason": x.reason} for x in left]
+
+    def show_left_out(self, left_out: list[dict]) -> None:
+        self.left_out.setVisible(bool(left_out))
+        if left_out:
+            self.left_out.setText(f"Left out ({len(left_out)}):\n{left_out_text(left_out)}")
+
     def show_run(self, run_id: str | None) -> None:
         """Show a finished (or stopped) run's loss curve and its newest validation images."""
         if not run_id or not self.start_button.isEnabled():
             return  # nothing chosen, or a live run owns the plot
         losses = self.store.losses(run_id)
+        self.margin_label.setVisible(False)  # the store keeps a run's losses, not its margins
         self._steps = [s for s, _ in losses]
         self._losses = [v for _, v in losses]
         self._draw_losses()
@@ -343,13 +611,29 @@ class TrainPage(QWidget):
         self.refused.setPlainText("Checking every file…")
         QThreadPool.globalInstance().start(_CheckDataset(self.store.home, self.config(), self._check_signals))
 
-    def _checked(self, images: int, refused: list, warnings: list) -> None:
+    def _checked(self, event: dict) -> None:
         self.check_button.setEnabled(True)
-        self.show_preflight(images, [{"path": p, "reason": r} for p, r in refused], warnings)
+        if "error" in event:
+            self.refused.setPlainText(f"Could not check: {event['error']}")
+            return
+        self.show_preflight(event)
 
-    def show_preflight(self, images: int, refused: list, warnings: list) -> None:
+    def show_preflight(self, e: dict) -> None:
+        """The pre-flight's result (the check's or a starting run's): refusals, warnings, what is left out."""
+        refused, warnings = e.get("refused", []), e.get("warnings", [])
         lines = [f"{Path(r['path']).name}: {r['reason']}" for r in refused] + [f"warning: {w}" for w in warnings]
-        self.refused.setPlainText("\n".join(lines) or f"All {images} images passed the check.")
+        what = ""
+        if "labels" in e:
+            what = f" ({_plural(e['labels']['pick'], 'pick')}, {_plural(e['labels']['reject'], 'reject')})"
+        elif "pairs" in e:
+            what = f" ({_plural(e['pairs'], 'pair')})"
+        if not lines:
+            self.refused.setPlainText(f"All {e['images']} images passed the check{what}.")
+        else:  # a preference objective says what it has beside the refusals and warnings
+            head = [f"{e['images']} images passed the check{what}."] if what else []
+            self.refused.setPlainText("\n".join(head + lines))
+        if "left_out" in e:
+            self.show_left_out(e["left_out"])
 
     # -- running --------------------------------------------------------------------------
 
@@ -372,6 +656,8 @@ class TrainPage(QWidget):
     def job_started(self) -> None:
         self._steps.clear()
         self._losses.clear()
+        self._margins.clear()
+        self.margin_label.setVisible(False)
         self.curve.setData([], [])
         self.smooth.setData([], [])
         self.samples.clear()
@@ -383,7 +669,7 @@ class TrainPage(QWidget):
     def on_event(self, e: dict) -> None:
         kind = e["type"]
         if kind == "preflight":
-            self.show_preflight(e["images"], e["refused"], e["warnings"])
+            self.show_preflight(e)
         elif kind == "caching":
             self.status.setText(f"Caching latents {e['done']}/{e['total']}")
         elif kind == "class_images":
@@ -398,6 +684,8 @@ class TrainPage(QWidget):
                 for i in range(len(self._losses))
             ]
             self.smooth.setData(self._steps, mean)
+            if e.get("reward_margin") is not None:
+                self.show_margin(float(e["reward_margin"]))
             self.progress.setMaximum(e["steps"])
             self.progress.setValue(e["step"])
             self.status.setText(
@@ -411,6 +699,17 @@ class TrainPage(QWidget):
             where = f"LoRA on the {how}, CFG {e['guidance']:g}\n" if how and "guidance" in e else ""
             for path, prompt in zip(e["paths"], e["prompts"], strict=False):
                 self._add_sample(path, f"step {e['step']}\n{prompt[:28]}", f"{prompt}\n{where}{path}")
+
+    def show_margin(self, margin: float) -> None:
+        """KTO / DPO: the latest reward margin and its running mean, beside the loss curve."""
+        self._margins.append(margin)
+        recent = self._margins[-MARGIN_WINDOW:]
+        mean = sum(recent) / len(recent)
+        self.margin_label.setText(
+            f"<b>Reward margin</b> {margin:+#.3g} · mean of the last {len(recent)}: <b>{mean:+#.3g}</b>"
+            " (above 0: the LoRA favours what you liked)"
+        )
+        self.margin_label.setVisible(True)
 
     def _add_sample(self, path: str, label: str, tip: str) -> None:
         pix = QPixmap(path)
