@@ -57,10 +57,15 @@ def window(qtbot, home, seeded):
 
 
 def _select(w, ids):
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.processEvents()  # the gallery's own first selection lands before ours, not after
     view, model = w.gallery_page.view, w.gallery_model
+    flags = view.selectionModel().SelectionFlag
     view.setCurrentIndex(model.index_of(ids[0]))
+    view.selectionModel().select(model.index_of(ids[0]), flags.ClearAndSelect)
     for image_id in ids[1:]:
-        view.selectionModel().select(model.index_of(image_id), view.selectionModel().SelectionFlag.Select)
+        view.selectionModel().select(model.index_of(image_id), flags.Select)
     assert sorted(w.gallery_page.selected_ids()) == sorted(ids)
 
 
