@@ -144,13 +144,14 @@ def adherence(column: Column) -> dict:
     return {"n": n, "colour": colour / n if n else 0.0, "shape": shape / n if n else 0.0}
 
 
-def _batches(items: list, size: int):
+def batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
-def run_session(generator: Generator, store: Store, cfg: EfficacyConfig) -> dict:
-    """Generate the artist's session and reject what the detectors flag, with the kinds as reasons."""
+def rated_session(generator: Generator, store: Store, cfg: EfficacyConfig):
+    """Generate the artist's session into the store and reject what the detectors flag, with the
+    kinds as reasons; yields each (image id, recipe, image, kinds) as it is stored."""
     prompts = held_out_prompts(cfg.session_images, cfg.session_seed)
     request = GenerateRequest(
         prompts=prompts, seed=cfg.session_seed, steps=cfg.sampling_steps, guidance=cfg.guidance, negative=""
@@ -158,18 +159,25 @@ def run_session(generator: Generator, store: Store, cfg: EfficacyConfig) -> dict
     recipes = generator.plan(request)
     model = generator.model
     model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
-    rejected: dict[str, int] = {}
-    made = rejects = 0
-    for batch in _batches(recipes, cfg.batch):
+    for batch in batches(recipes, cfg.batch):
         for recipe, image in zip(batch, generator.render_batch(batch), strict=True):
             stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
-            made += 1
-            kinds = detect_defects(image)
+            kinds = frozenset(detect_defects(image))
             if kinds:
                 store.rate([stored.id], "reject", sorted(kinds))
-                rejects += 1
-                for k in kinds:
-                    rejected[k] = rejected.get(k, 0) + 1
+            yield stored.id, recipe, image, kinds
+
+
+def run_session(generator: Generator, store: Store, cfg: EfficacyConfig) -> dict:
+    """Generate the artist's session and reject what the detectors flag, with the kinds as reasons."""
+    rejected: dict[str, int] = {}
+    made = rejects = 0
+    for _, _, _, kinds in rated_session(generator, store, cfg):
+        made += 1
+        if kinds:
+            rejects += 1
+            for k in kinds:
+                rejected[k] = rejected.get(k, 0) + 1
     return {"images": made, "rejected": rejects, "by_kind": rejected}
 
 
@@ -198,7 +206,7 @@ def score_column(
     template = generator.plan(request)[0]
     recipes = [replace(template, prompt=p, seed=s) for p, s in rows]
     column = Column(key, label)
-    for batch in _batches(recipes, cfg.batch):
+    for batch in batches(recipes, cfg.batch):
         for recipe, image in zip(batch, generator.render_batch(batch), strict=True):
             if len(column.images) < keep:
                 column.images.append(image)

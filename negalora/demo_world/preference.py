@@ -29,11 +29,17 @@ from negalora.compare.grid import render_grid
 from negalora.compare.votes import wilson_interval
 from negalora.demo_world.classify import agrees, classify
 from negalora.demo_world.detect import detect_defects
-from negalora.demo_world.efficacy import DEMO_RECIPE, Column, EfficacyConfig, held_out_prompts, held_out_rows
+from negalora.demo_world.efficacy import (
+    DEMO_RECIPE,
+    Column,
+    EfficacyConfig,
+    batches,
+    held_out_rows,
+    rated_session,
+)
 from negalora.errors import NegaloraError
 from negalora.generate import GenerateRequest, Generator
 from negalora.lora_passes import BOTH, NEGATIVE, POSITIVE
-from negalora.pngmeta import png_bytes
 from negalora.store import Store
 from negalora.train.config import PICKS_TOKEN, TrainConfig, preset
 from negalora.train.preferences import collect_pairs
@@ -223,31 +229,18 @@ def choose_picks(images: list[SessionImage], per_reject: int) -> set[int]:
 def run_session(generator: Generator, store: Store, cfg: PreferenceConfig) -> Session:
     """Efficacy's session (the same prompts, seeds and settings), rated by the detectors: every
     defective image rejected with its kinds as reasons, then the picks (``choose_picks``)."""
-    prompts = held_out_prompts(cfg.session_images, cfg.session_seed)
-    request = GenerateRequest(
-        prompts=prompts, seed=cfg.session_seed, steps=cfg.sampling_steps, guidance=cfg.guidance, negative=""
-    )
-    recipes = generator.plan(request)
-    model = generator.model
-    model_id = store.ensure_model(model.name, model.source, model.location, model.sha256)
-    seen: list[SessionImage] = []
-    for batch in _batches(recipes, cfg.batch):
-        for recipe, image in zip(batch, generator.render_batch(batch), strict=True):
-            stored = store.add_generated(recipe, model_id, png_bytes(image, recipe))
-            kinds = frozenset(detect_defects(image))
-            if kinds:
-                store.rate([stored.id], "reject", sorted(kinds))
-            seen.append(
-                SessionImage(
-                    stored.id,
-                    recipe.prompt,
-                    recipe.seed,
-                    (recipe.width, recipe.height),
-                    kinds,
-                    agrees(classify(image), recipe.prompt),
-                    "reject" if kinds else "",
-                )
-            )
+    seen = [
+        SessionImage(
+            image_id,
+            recipe.prompt,
+            recipe.seed,
+            (recipe.width, recipe.height),
+            kinds,
+            agrees(classify(image), recipe.prompt),
+            "reject" if kinds else "",
+        )
+        for image_id, recipe, image, kinds in rated_session(generator, store, cfg.efficacy_config())
+    ]
     picks = choose_picks(seen, cfg.picks_per_reject)
     if picks:
         store.rate(sorted(picks), "pick")
@@ -341,11 +334,6 @@ def _share(k: int, n: int) -> dict:
     return {"k": k, "n": n, "rate": k / n if n else 0.0, "low": lo, "high": hi}
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def way_request(cfg: PreferenceConfig, way: Way, files: dict[str, str]) -> GenerateRequest:
     """The request fields of a way (the prompt and seed are the row's)."""
     fields: dict = {"negative": cfg.negative_token if way.negative else ""}
@@ -370,7 +358,7 @@ def score_way(
     template = generator.plan(way_request(cfg, way, files))[0]
     recipes = [replace(template, prompt=p, seed=s) for p, s in rows]
     column = WayColumn(way.key, label or way.label)
-    for batch in _batches(recipes, cfg.batch):
+    for batch in batches(recipes, cfg.batch):
         for recipe, image in zip(batch, generator.render_batch(batch), strict=True):
             if len(column.images) < keep:
                 column.images.append(image)

@@ -32,7 +32,7 @@ from negalora.compare.grid import render_grid
 from negalora.compare.votes import wilson_interval
 from negalora.demo_world.classify import Classification, agrees, classify
 from negalora.demo_world.detect import detect_defects
-from negalora.demo_world.efficacy import DEMO_RECIPE, EfficacyConfig, run_session, train_lora
+from negalora.demo_world.efficacy import DEMO_RECIPE, EfficacyConfig, batches, run_session, train_lora
 from negalora.generate import GenerateRequest, Generator
 from negalora.lora_passes import BOTH, NEGATIVE
 from negalora.recipe import Recipe
@@ -269,11 +269,6 @@ def session_rejects(store: Store, cfg: RerenderConfig) -> list[Reject]:
     ]
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def way_settings(cfg: RerenderConfig, way: str, lora: str) -> dict:
     """The request fields of a way: efficacy's base, and its LoRA columns with the negative token."""
     if way == NONE:
@@ -313,7 +308,7 @@ def rerender_column(
         **way_settings(cfg, way, lora),
     )
     template = generator.plan(request)[0]
-    for batch in _batches(rejects, cfg.batch):
+    for batch in batches(rejects, cfg.batch):
         # Held just before the call: the generator keeps only its most recent init images.
         recipes: list[Recipe] = [
             replace(
