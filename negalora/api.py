@@ -224,6 +224,10 @@ class CompareRequest:
     base_negative: str = ""  # the artist's own negative prompt, kept in every column
     lora_passes: str = DEFAULT
     extra_column: bool = True  # three-way: a fourth column with the LoRA on the other passes
+    # three-way: a column with a second LoRA (a file or a run id) on the negative pass beside the LoRA
+    negative_lora: str = ""
+    negative_lora_step: int | None = None
+    negative_lora_scale: float = 1.0
     steps: int = 25
     guidance: float = 7.0
     width: int | None = None

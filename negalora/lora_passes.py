@@ -7,7 +7,8 @@ from what it learned without changing how the positive prompt is drawn. The SDXL
 for the positive half. A LoRA on the text encoders acts on the negative prompt's encoding only.
 
 ``negative_pass(pipe)`` is the public form, for a diffusers pipeline that loaded the LoRA with
-``load_lora_weights``; the app renders through the same code. torch is imported only when a
+``load_lora_weights``; ``positive_pass(pipe)`` is its mirror, for a LoRA of what is liked (KTO, DPO,
+a picks LoRA). The app renders through the same code. torch is imported only when a
 pass is applied; the names are ``negalora.api``'s.
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "POSITIVE",
     "check_lora_passes",
     "negative_pass",
+    "positive_pass",
 ]
 
 
@@ -154,18 +156,40 @@ def text_encoder_adapters(pipe, names: list[str] | None) -> Iterator[None]:
         yield
 
 
-def _negative_pass_encode_prompt(pipe, original):
-    """``pipe.encode_prompt`` with the positive prompt encoded without the text encoders' LoRA."""
+def _one_pass_encode_prompt(pipe, original, negative: bool):
+    """``pipe.encode_prompt`` with the other pass's prompt encoded without the text encoders' LoRA."""
 
     def encode_prompt(*args, **kwargs):
         if not adapted_text_encoders(pipe):
             return original(*args, **kwargs)
-        embeds, negative, pooled, negative_pooled = original(*args, **kwargs)
+        embeds, negative_embeds, pooled, negative_pooled = original(*args, **kwargs)
         with text_encoder_lora_off(pipe):
-            embeds, _, pooled, _ = original(*args, **kwargs)
-        return embeds, negative, pooled, negative_pooled
+            plain = original(*args, **kwargs)
+        if negative:
+            return plain[0], negative_embeds, plain[2], negative_pooled
+        return embeds, plain[1], pooled, plain[3]
 
     return encode_prompt
+
+
+@contextmanager
+def _one_pass(pipe, text_encoders: bool, negative: bool) -> Iterator:
+    guided = getattr(type(pipe), "do_classifier_free_guidance", None)
+    predicate = (lambda: bool(pipe.do_classifier_free_guidance)) if isinstance(guided, property) else None
+    patched = text_encoders and hasattr(pipe, "encode_prompt")
+    if patched:
+        original = pipe.encode_prompt
+        shadowed = "encode_prompt" in pipe.__dict__
+        pipe.encode_prompt = _one_pass_encode_prompt(pipe, original, negative)
+    try:
+        with lora_on_passes(pipe.unet, None if negative else [], [] if negative else None, predicate):
+            yield pipe
+    finally:
+        if patched:
+            if shadowed:
+                pipe.encode_prompt = original
+            else:
+                del pipe.encode_prompt
 
 
 @contextmanager
@@ -183,22 +207,24 @@ def negative_pass(pipe, text_encoders: bool = True) -> Iterator:
 
     Every adapter loaded into the pipeline is switched together (one ``wrong`` LoRA is what it is
     for), and the ``encode_prompt`` wrapper expects SDXL's four embeddings: it is for SDXL pipelines."""
-    guided = getattr(type(pipe), "do_classifier_free_guidance", None)
-    predicate = (lambda: bool(pipe.do_classifier_free_guidance)) if isinstance(guided, property) else None
-    patched = text_encoders and hasattr(pipe, "encode_prompt")
-    if patched:
-        original = pipe.encode_prompt
-        shadowed = "encode_prompt" in pipe.__dict__
-        pipe.encode_prompt = _negative_pass_encode_prompt(pipe, original)
-    try:
-        with lora_on_negative_pass(pipe.unet, predicate):
-            yield pipe
-    finally:
-        if patched:
-            if shadowed:
-                pipe.encode_prompt = original
-            else:
-                del pipe.encode_prompt
+    with _one_pass(pipe, text_encoders, negative=True):
+        yield pipe
+
+
+@contextmanager
+def positive_pass(pipe, text_encoders: bool = True) -> Iterator:
+    """Apply the pipeline's loaded LoRA on the positive guidance pass only, the way a LoRA of what
+    is liked (KTO, DPO) measured best in negalora's demo world::
+
+        pipe.load_lora_weights("liked.safetensors")
+        with positive_pass(pipe):
+            image = pipe("a cat").images[0]
+
+    The mirror of ``negative_pass``: the UNet's LoRA is off on the negative half of each guided step
+    (at CFG 1 or below, with no negative pass, it acts on the whole batch); a LoRA on the text
+    encoders encodes the prompt only, not the negative prompt."""
+    with _one_pass(pipe, text_encoders, negative=False):
+        yield pipe
 
 
 @contextmanager

@@ -157,17 +157,26 @@ def sampler(api: dict) -> tuple[str, dict]:
     return found
 
 
-def lora_reaches_only_the_negative(api: dict) -> None:
-    """The LoRA (a hook) reaches the sampler through its negative input alone, and the sampler's
-    model is the checkpoint's own."""
+def lora_reaches_only(api: dict, wanted: str) -> None:
+    """The LoRA (a hook) reaches the sampler through its ``wanted`` conditioning input alone
+    (positive or negative), and the sampler's model is the checkpoint's own."""
     _, ks = sampler(api)
     hooks = {k for k, v in api.items() if v["class_type"] in ("CreateHookLora", "CreateHookLoraModelOnly")}
     assert len(hooks) == 1
     assert not any(v["class_type"].startswith("LoraLoader") for v in api.values())
     model_src = ks["inputs"]["model"]
     assert api[model_src[0]]["class_type"] == "CheckpointLoaderSimple" and model_src[1] == 0
-    for name in ("positive", "latent_image", "model"):
+    other = "negative" if wanted == "positive" else "positive"
+    for name in (other, "latent_image", "model"):
         src = ks["inputs"][name][0]
         assert not (({src} | upstream(api, src)) & hooks), f"the LoRA reaches the sampler's {name}"
-    negative = ks["inputs"]["negative"][0]
-    assert ({negative} | upstream(api, negative)) & hooks, "the LoRA does not reach the negative"
+    target = ks["inputs"][wanted][0]
+    assert ({target} | upstream(api, target)) & hooks, f"the LoRA does not reach the {wanted}"
+
+
+def lora_reaches_only_the_negative(api: dict) -> None:
+    lora_reaches_only(api, "negative")
+
+
+def lora_reaches_only_the_positive(api: dict) -> None:
+    lora_reaches_only(api, "positive")

@@ -5,7 +5,16 @@ API files describing one graph, and where the LoRA reaches the sampler."""
 import json
 
 import pytest
-from helpers_comfyui import FIXTURE, check_api, check_ui, lora_reaches_only_the_negative, same_graph, sampler, upstream
+from helpers_comfyui import (
+    FIXTURE,
+    check_api,
+    check_ui,
+    lora_reaches_only_the_negative,
+    lora_reaches_only_the_positive,
+    same_graph,
+    sampler,
+    upstream,
+)
 
 from negalora.export import comfyui
 from negalora.schedulers import SCHEDULERS
@@ -74,6 +83,31 @@ def test_a_lora_with_text_encoder_layers_hooks_the_negative_clip_and_not_the_pos
     assert api[positive["inputs"]["clip"][0]]["class_type"] == "CheckpointLoaderSimple"
     assert positive["inputs"]["clip"] == ["1", 1]
     assert not any(v["class_type"] == "ConditioningSetProperties" for v in api.values())
+
+
+def test_a_liked_unet_lora_is_hooked_onto_the_positive_cond():
+    api = comfyui.api_workflow(spec(comfyui.POSITIVE_COND, lora_name="kto-run.safetensors", negative=""))
+    lora_reaches_only_the_positive(api)
+    _, ks = sampler(api)
+    props = api[ks["inputs"]["positive"][0]]
+    assert props["class_type"] == "ConditioningSetProperties"
+    assert api[props["inputs"]["cond_NEW"][0]]["inputs"]["text"] == "a red circle on a blue background"
+    hook = api[props["inputs"]["hooks"][0]]
+    assert hook["inputs"]["lora_name"] == "kto-run.safetensors" and hook["_meta"]["title"] == "LoRA: positive pass only"
+    assert api[ks["inputs"]["negative"][0]]["class_type"] == "CLIPTextEncode"  # the negative is plain
+    with pytest.raises(AssertionError, match="reaches the sampler's positive"):
+        lora_reaches_only_the_negative(api)  # the check tells the two apart
+
+
+def test_a_liked_lora_with_text_encoder_layers_hooks_the_positive_clip_and_not_the_negative():
+    api = comfyui.api_workflow(spec(comfyui.POSITIVE_CLIP))
+    lora_reaches_only_the_positive(api)
+    _, ks = sampler(api)
+    positive, negative = api[ks["inputs"]["positive"][0]], api[ks["inputs"]["negative"][0]]
+    assert api[positive["inputs"]["clip"][0]]["class_type"] == "SetClipHooks"
+    assert negative["inputs"]["clip"] == ["1", 1]
+    assert comfyui.form_for("positive", True) == comfyui.POSITIVE_CLIP
+    assert comfyui.form_for("positive", False) == comfyui.POSITIVE_COND
 
 
 def test_the_both_pass_form_is_the_plain_lora_loader():

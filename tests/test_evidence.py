@@ -2,6 +2,8 @@
 small in-memory store: one image is one measurement, a vote counts for its pair of ways whichever
 side each was shown on, and a difference whose 95% intervals overlap is not called a winner."""
 
+import json
+
 from negalora.export import evidence as ev
 from negalora.export import model_card
 from negalora.lora_passes import BOTH, NEGATIVE
@@ -188,3 +190,77 @@ def test_votes_name_the_ways_never_put_against_the_best():
     other = ev.BASE if e.best == ev.NEGATIVE_PASS else ev.NEGATIVE_PASS
     assert e.not_compared() == [other]
     assert "never put directly against" in model_card._lead(e, _usage())
+
+
+# -- a LoRA of what is liked: its own ways -------------------------------------------------------
+
+LIKED = {
+    ev.BASE: {"key": "base"},
+    ev.POSITIVE_PASS: {"key": "lora", "lora_path": "x", "lora_passes": "positive", "step": 4},
+    ev.BOTH_PASSES: {"key": "lora_both", "lora_path": "x", "lora_passes": BOTH, "step": 4},
+    ev.WITH_WRONG: {
+        "key": "two_loras",
+        "lora_path": "x",
+        "lora_passes": "positive",
+        "negative_lora_path": "w",
+        "with_token": True,
+        "step": 4,
+    },  # fmt: skip
+}
+
+
+class LikedStore(FakeStore):
+    def __init__(self, objective="kto", source="rejects"):
+        super().__init__()
+        self.config = json.dumps({"objective": objective, "source": source})
+
+    def run(self, run_id):
+        return {"best_scale": self.best_scale, "config": self.config}
+
+
+def test_a_liked_lora_has_its_own_ways_and_a_wrong_lora_keeps_its_own():
+    assert ev.way_of(LIKED[ev.POSITIVE_PASS], liked=True) == ev.POSITIVE_PASS
+    assert ev.way_of(LIKED[ev.WITH_WRONG], liked=True) == ev.WITH_WRONG
+    assert ev.way_of(LIKED[ev.BOTH_PASSES], liked=True) == ev.BOTH_PASSES
+    assert ev.way_of(COLUMNS[ev.NEGATIVE_PASS], liked=True) is None  # a liked LoRA on the negative pass: no way
+    assert ev.way_of(LIKED[ev.POSITIVE_PASS]) is None  # a `wrong` LoRA on the positive pass: no way
+    assert ev.way_of(LIKED[ev.WITH_WRONG]) is None
+    assert ev.way_of(COLUMNS[ev.NEGATIVE_PASS]) == ev.NEGATIVE_PASS
+
+
+def test_a_liked_runs_ratings_decide_its_best_way_and_its_own_pass_sweep_is_kept_apart():
+    store = LikedStore()
+    columns = [LIKED[w] for w in (ev.BASE, ev.POSITIVE_PASS, ev.BOTH_PASSES, ev.WITH_WRONG)]
+    cells = [(0, 1, "reject"), (0, 2, "reject"), (1, 3, "pick"), (1, 4, "pick"), (2, 5, "reject"), (2, 6, "pick"),
+             (3, 7, "pick"), (3, 8, "reject")]  # fmt: skip
+    store.add(columns, cells)
+    positive_sweep = [{**LIKED[ev.POSITIVE_PASS], "lora_scale": s} for s in (0.5, 1.0)]
+    store.add(positive_sweep, [(0, 20, "reject"), (1, 3, "pick")], kind="scale_sweep")
+    e = ev.gather(store, "run", 4, liked=True)
+    assert e.source == "run" and e.decided_by == "ratings" and e.best == ev.POSITIVE_PASS
+    assert e.ways[ev.WITH_WRONG].rejects == 1 and e.ways[ev.POSITIVE_PASS].rated == 2
+    assert ev.WRONG_NEGATIVE not in e.order  # a run never measures the `wrong` LoRA alone
+    assert set(e.strength.negative_sweep) == {0.5, 1.0} and not e.strength.sweep
+    assert "LoRA on the positive pass" in model_card._liked_lead(e, _usage())
+
+
+def test_without_measurements_a_liked_lora_gets_its_kind_from_the_preference_experiment():
+    kto = ev.gather(LikedStore("kto"), "run", 4, liked=True)
+    assert kto.source == "demo_world" and kto.best == ev.POSITIVE_PASS
+    assert kto.demo[ev.POSITIVE_PASS] == (0, 1000, 97) and kto.demo[ev.WRONG_NEGATIVE] == (49, 1000, 91)
+    dpo = ev.gather(LikedStore("dpo"), "run", 4, liked=True)
+    assert dpo.best == ev.POSITIVE_PASS and dpo.demo[ev.BOTH_PASSES] == (4, 1000, 99)
+    picks = ev.gather(LikedStore("dreambooth", "picks"), "run", 4, liked=True)
+    assert picks.best == ev.WRONG_NEGATIVE and ev.BOTH_PASSES not in picks.order  # not a column of the experiment
+    assert picks.shape_below_base(ev.POSITIVE_PASS) == (70, 96)
+    lead = model_card._liked_lead(picks, _usage())
+    assert "No way of using this LoRA beat a `wrong` LoRA alone on the negative pass" in lead
+
+
+def _usage():
+    return model_card.Usage(
+        prompt="p", seed=1, steps=2, guidance=3.0, scheduler="Euler", width=32, height=32, base_kind="demo",
+        base_path="d", ckpt_name="c", ckpt_known=False, lora_dir="/x", lora_file="l.safetensors",
+        comfy_lora_name="l.safetensors", workflow="l.comfyui.json", api_workflow="l.comfyui-api.json",
+        workflow_form="positive_cond",
+    )  # fmt: skip

@@ -213,3 +213,10 @@ def test_the_demo_world_numbers_are_the_reports():
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[3] == f"{bad} / {n}" and cells[-1] == f"{shape}%", line
     assert published.COMMAND in report
+    preference = (ROOT / published.PREFERENCE_REPORT).read_text(encoding="utf-8")
+    for rows in published.PREFERENCE_ROWS.values():
+        for label, bad, n, shape in rows.values():
+            line = next(line for line in preference.splitlines() if line.startswith(f"| {label} |"))
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[2] == f"{bad} / {n}" and cells[-1].startswith(f"{shape}% ("), line
+    assert published.PREFERENCE_COMMAND in preference

@@ -267,14 +267,3 @@ def test_a_picks_lora_learns_right_from_the_picks_only(home):
     with pytest.raises(NegaloraError, match="source 'votes'"):
         TrainConfig(source="votes").check()
     store.close()
-
-
-def test_a_preference_lora_is_not_exported_with_a_card_for_the_negative_pass(home):
-    from negalora.api import ExportRequest
-    from negalora.export.exporter import plan_export
-
-    model, store = _rated(home)
-    result = Trainer(home, store, model).start(_config("kto", steps=2, checkpoint_every=2, validation_steps=0))
-    with pytest.raises(NegaloraError, match="kto LoRA from picks and rejects is not exported yet"):
-        plan_export(store, ExportRequest(run_id=result.run_id, fmt="kohya"))
-    store.close()

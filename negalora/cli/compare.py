@@ -14,7 +14,7 @@ from negalora.cli.common import (
     positive_int,
 )
 from negalora.errors import NegaloraError
-from negalora.lora_passes import DEFAULT, LORA_PASSES
+from negalora.lora_passes import DEFAULT, LORA_PASSES, POSITIVE
 from negalora.schedulers import DEFAULT_SCHEDULER
 
 
@@ -23,8 +23,8 @@ def add_parsers(sub) -> None:
         "compare",
         help="fixed-seed comparison grid: base, negative token, LoRA + negative token (or sweeps)",
         description="Render every prompt x seed in columns that differ only in the negative token and the LoRA. "
-        "Three-way by default (base | negative | LoRA as --lora-passes says, default on the negative pass only | "
-        "LoRA on the other passes); --scales makes a "
+        "Three-way by default (base | negative | LoRA as --lora-passes says | LoRA on the other passes | with "
+        "--negative-lora, the LoRA beside a second one on the negative pass); --scales makes a "
         "LoRA-strength sweep, --checkpoints a sweep over a run's checkpoints. Every cell is stored as an image.",
     )
     c.add_argument("prompt", nargs="*", help="test prompts (or --prompt-set)")
@@ -39,8 +39,19 @@ def add_parsers(sub) -> None:
         "--checkpoints", nargs="?", const="all", metavar="LIST", help="sweep the run's checkpoints (all, or 250,500)"
     )
     c.add_argument(
-        "--lora-passes", choices=LORA_PASSES, default=DEFAULT, help=f"how the LoRA columns apply it (default {DEFAULT})"
+        "--lora-passes",
+        choices=LORA_PASSES,
+        help=f"how the LoRA columns apply it (default: where it measured best: {DEFAULT} for a `wrong` LoRA, "
+        f"{POSITIVE} for a LoRA of what is liked: KTO, DPO, picks, whose columns then keep the prompt unchanged)",
     )
+    c.add_argument(
+        "--negative-lora",
+        metavar="FILE_OR_RUN",
+        help="three-way: add a column with this second LoRA on the negative pass beside --lora (with the token), "
+        "e.g. a `wrong` run beside a KTO run on the positive pass",
+    )
+    c.add_argument("--negative-lora-step", type=int, metavar="N", help="with a run: its checkpoint (default: best)")
+    c.add_argument("--negative-lora-scale", type=float, default=1.0, metavar="X", help="its strength (default 1)")
     c.add_argument("--no-extra-column", action="store_true", help="three columns only (no other-passes column)")
     c.add_argument("--token", default="wrong", metavar="T", help="the negative token (default wrong)")
     c.add_argument("--negative", default="", metavar="N", help="your own negative prompt, kept in every column")
@@ -115,8 +126,11 @@ def cmd_compare(args) -> int:
         scales=float_list(args.scales, "--scales") if args.scales else CompareRequest.scales,
         token=args.token,
         base_negative=args.negative,
-        lora_passes=args.lora_passes,
+        lora_passes=args.lora_passes or DEFAULT,
         extra_column=not args.no_extra_column,
+        negative_lora=args.negative_lora or "",
+        negative_lora_step=args.negative_lora_step,
+        negative_lora_scale=args.negative_lora_scale,
         steps=args.steps,
         guidance=args.guidance,
         width=width,
@@ -129,6 +143,12 @@ def cmd_compare(args) -> int:
     )
     home, model, generator = load_for_generation(args, Generator)
     with Store(home) as store:
+        if args.lora_passes is None:
+            from dataclasses import replace
+
+            from negalora.compare.prompt_sets import measured_passes
+
+            request = replace(request, lora_passes=measured_passes(store, args.lora))
         result = run_comparison(generator, store, request)
         comparison = store.comparison(result.id)
     if args.out and result.grid_path is not None:

@@ -1,7 +1,8 @@
 """The columns of a comparison: what varies between them, and nothing else.
 
 Every column renders the same prompt and seed with the same settings; a column only says whether
-the negative token is used and which LoRA (if any) acts, at what scale, on which guidance passes.
+the negative token is used and which LoRA (if any) acts, at what scale, on which guidance passes, and
+which second LoRA (if any) acts on the negative pass beside it.
 """
 
 from dataclasses import asdict, dataclass
@@ -18,27 +19,52 @@ class Column:
     lora_scale: float = 1.0
     lora_passes: str = BOTH
     step: int | None = None  # the run checkpoint this column's LoRA comes from
+    negative_lora_path: str = ""  # a second LoRA, on the negative pass only ("" for none)
+    negative_lora_scale: float = 1.0
+    negative_step: int | None = None  # the run checkpoint the second LoRA comes from
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _lora_label(scale: float, passes: str) -> str:
+@dataclass(frozen=True)
+class SecondLora:
+    """A second LoRA for the negative pass beside the compared one (a `wrong` LoRA beside a liked one)."""
+
+    path: str
+    scale: float = 1.0
+    step: int | None = None
+    name: str = "2nd LoRA"  # the grid header's name for it
+
+
+def _lora_label(scale: float, passes: str, with_token: bool = True) -> str:
     if passes in (NEGATIVE, POSITIVE):
         return f"LoRA {scale:g} on {passes} pass"
-    return f"LoRA {scale:g} + negative"
+    return f"LoRA {scale:g} + negative" if with_token else f"LoRA {scale:g} on both passes"
 
 
-def three_way(lora_path: str, scale: float, token: str, passes: str, negative_pass_column: bool, step=None):
+def three_way(
+    lora_path: str,
+    scale: float,
+    token: str,
+    passes: str,
+    negative_pass_column: bool,
+    step=None,
+    second: SecondLora | None = None,
+):
     """Woolf's three columns (base; negative token; LoRA + negative token), plus optionally the LoRA
-    on the negative pass only. ``passes`` is how the third column applies the LoRA."""
+    on the other passes, and with ``second`` the LoRA beside a second LoRA on the negative pass (with
+    the token). ``passes`` is how the third column applies the LoRA. A LoRA on the positive pass is
+    one of what is liked: its columns keep the prompt unchanged (no token), the way it was measured
+    (docs/efficacy_preference.md)."""
+    with_token = passes != POSITIVE
     columns = [
         Column("base", "base", with_token=False),
         Column("negative", f"negative: {token}", with_token=True),
         Column(
             "lora",
-            _lora_label(scale, passes),
-            with_token=True,
+            _lora_label(scale, passes, with_token),
+            with_token=with_token,
             lora_path=lora_path,
             lora_scale=scale,
             lora_passes=passes,
@@ -50,12 +76,27 @@ def three_way(lora_path: str, scale: float, token: str, passes: str, negative_pa
         columns.append(
             Column(
                 "lora_" + other,
-                _lora_label(scale, other) + (" (both passes)" if other == BOTH else ""),
-                with_token=True,
+                _lora_label(scale, other, with_token) + (" (both passes)" if other == BOTH and with_token else ""),
+                with_token=with_token,
                 lora_path=lora_path,
                 lora_scale=scale,
                 lora_passes=other,
                 step=step,
+            )
+        )
+    if second is not None:
+        columns.append(
+            Column(
+                "two_loras",
+                f"{_lora_label(scale, passes)} + {second.name} {second.scale:g} on negative pass",
+                with_token=True,
+                lora_path=lora_path,
+                lora_scale=scale,
+                lora_passes=passes,
+                step=step,
+                negative_lora_path=second.path,
+                negative_lora_scale=second.scale,
+                negative_step=second.step,
             )
         )
     return columns

@@ -5,8 +5,12 @@ SDXL, the demo world's captions (at the CFG its efficacy was measured at) for th
 cannot draw a portrait or a cat.
 """
 
+import json
+from pathlib import Path
+
 from negalora.api import CompareRequest
 from negalora.errors import NegaloraError
+from negalora.lora_passes import DEFAULT, POSITIVE
 from negalora.store import Store
 
 DEFAULT_SET = "default"
@@ -53,12 +57,43 @@ def ensure_default_set(store: Store, model_source: str = "") -> dict:
         return store.prompt_set(name)
 
 
+def liked_lora(store: Store, lora: str) -> bool:
+    """The LoRA (a run id or a file) is one of what is liked (KTO, DPO, picks), not a `wrong` LoRA: the
+    run's settings say, or a file's negalora metadata (a file without it counts as a `wrong` LoRA)."""
+    from negalora.train.config import TrainConfig
+
+    if not lora:
+        return False
+    path = Path(lora).expanduser()
+    if path.suffix or path.exists():
+        from negalora.safetensors_check import check_safetensors
+
+        try:
+            learned = check_safetensors(path).metadata.get("negalora.learned_from", "rejects")
+        except (NegaloraError, OSError):
+            return False  # the comparison itself names what is wrong with the file
+        return learned != "rejects"
+    try:
+        return TrainConfig.from_dict(json.loads(store.run(lora)["config"])).liked
+    except NegaloraError:
+        return False
+
+
+def measured_passes(store: Store, lora: str) -> str:
+    """The passes a LoRA measured best on: the positive pass for a LoRA of what is liked
+    (docs/efficacy_preference.md), the negative pass for a `wrong` LoRA (docs/efficacy.md)."""
+    return POSITIVE if liked_lora(store, lora) else DEFAULT
+
+
 def after_training_request(store: Store, run_id: str, **settings) -> CompareRequest:
     """The comparison rendered after every training run: the run's model's default test set (at its
-    CFG, where the set has one), three ways, on the run's newest checkpoint."""
+    CFG, where the set has one), three ways, on the run's newest checkpoint. A run of what is liked is
+    shown on the positive pass, where it measured best, whatever passes the settings name for `wrong` LoRAs."""
     model = store.run_model(run_id)
     prompt_set = ensure_default_set(store, model["source"] if model else "")
     checkpoints = store.checkpoints(run_id)
     if not checkpoints:
         raise NegaloraError(f"run {run_id}: has no checkpoints yet")
+    if liked_lora(store, run_id):
+        settings["lora_passes"] = POSITIVE
     return CompareRequest(prompt_set=prompt_set["name"], lora=run_id, step=checkpoints[-1]["step"], **settings)

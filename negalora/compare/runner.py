@@ -23,7 +23,7 @@ from negalora.compare.grid import grid_png_bytes, render_grid
 from negalora.compare.prompt_sets import after_training_request
 from negalora.errors import Cancelled, NegaloraError
 from negalora.generate import GenerateRequest, Generator, with_init_image
-from negalora.lora_passes import check_lora_passes
+from negalora.lora_passes import NEGATIVE, check_lora_passes
 from negalora.pngmeta import png_bytes
 from negalora.recipe import Recipe
 from negalora.store import Store, StoredImage
@@ -105,10 +105,38 @@ def _check_base_model(store: Store, source: LoraSource, generator: Generator) ->
         )
 
 
-def make_columns(request: CompareRequest, source: LoraSource) -> list[cols.Column]:
+def _second_name(request: CompareRequest, second: LoraSource) -> str:
+    """The grid header's name for the second LoRA: its run (and step), else its file's name."""
+    if second.run_id:
+        return f"{second.run_id} @{second.step}"
+    return Path(second.path).stem
+
+
+def resolve_second(store: Store, request: CompareRequest, source: LoraSource) -> LoraSource | None:
+    """The second LoRA of a three-way comparison (on the negative pass beside the first), checked."""
+    if not request.negative_lora:
+        return None
+    if request.kind != THREE_WAY:
+        raise NegaloraError("a second LoRA on the negative pass is a three-way comparison's column, not a sweep's")
+    if request.lora_passes == NEGATIVE:
+        raise NegaloraError(
+            "the LoRA is already on the negative pass: put it on the positive pass (or both) to compare it "
+            "beside a second LoRA on the negative pass"
+        )
+    second = resolve_lora(store, request.negative_lora, request.negative_lora_step)
+    if Path(second.path).resolve() == Path(source.path).resolve():
+        raise NegaloraError(f"{second.path}: the second LoRA is the compared LoRA itself")
+    return second
+
+
+def make_columns(request: CompareRequest, source: LoraSource, second: LoraSource | None = None) -> list[cols.Column]:
     if request.kind == THREE_WAY:
+        beside = None
+        if second is not None:
+            name = _second_name(request, second)
+            beside = cols.SecondLora(second.path, request.negative_lora_scale, second.step, name)
         return cols.three_way(
-            source.path, request.scale, request.token, request.lora_passes, request.extra_column, source.step
+            source.path, request.scale, request.token, request.lora_passes, request.extra_column, source.step, beside
         )
     if request.kind == SCALE_SWEEP:
         return cols.scale_sweep(source.path, request.scales, request.token, request.lora_passes, source.step)
@@ -188,6 +216,8 @@ def plan_cells(
                         lora=column.lora_path or None,
                         lora_scale=column.lora_scale,
                         lora_passes=column.lora_passes,
+                        negative_lora=column.negative_lora_path or None,
+                        negative_lora_scale=column.negative_lora_scale,
                     )
                 )
                 row.append(recipe)
@@ -211,7 +241,10 @@ def run_comparison(
     check_compare_request(request)
     source = resolve_lora(store, request.lora, request.step)
     _check_base_model(store, source, generator)
-    columns = make_columns(request, source)
+    second = resolve_second(store, request, source)
+    if second is not None:
+        _check_base_model(store, second, generator)
+    columns = make_columns(request, source, second)
     one_prompt = tuple(p for p in request.prompts if p.strip())[:1]
     inits = [
         with_init_image(store, GenerateRequest(prompts=one_prompt, init_image=spec, strength=request.strength))

@@ -11,8 +11,9 @@ it. Attached to the negative cond, the LoRA acts on the negative pass only, nega
 - a LoRA with text-encoder layers: CreateHookLora -> SetClipHooks(apply_to_conds) on a CLIP that
   only the negative CLIPTextEncode uses (its conds carry the hooks, so the UNet part applies too).
 
-The KSampler's ``model`` comes straight from the checkpoint loader in both. Where the run measured
-the LoRA on both passes best, the graph is the plain LoraLoader one.
+The KSampler's ``model`` comes straight from the checkpoint loader in both. A LoRA of what is liked
+(KTO, DPO, picks) is hooked the same way on the *positive* cond instead. Where the run measured the
+LoRA on both passes best, the graph is the plain LoraLoader one.
 
 Node class names, input names, types and order are those of ComfyUI at ``COMFYUI_COMMIT``; the
 test suite holds every graph against a fixture of those schemas. The hook path loads LoRA keys
@@ -73,8 +74,11 @@ _SIZES = {
 
 NEGATIVE_COND = "negative_cond"  # UNet-only LoRA: the hook set on the negative cond
 NEGATIVE_CLIP = "negative_clip"  # LoRA with text-encoder layers: the negative's own hooked CLIP
+POSITIVE_COND = "positive_cond"  # a liked LoRA, UNet only: the hook set on the positive cond
+POSITIVE_CLIP = "positive_clip"  # a liked LoRA with text-encoder layers: the positive's own hooked CLIP
 BOTH_PASSES = "both_passes"  # the usual LoraLoader (when the run measured both passes best)
-FORMS = (NEGATIVE_COND, NEGATIVE_CLIP, BOTH_PASSES)
+FORMS = (NEGATIVE_COND, NEGATIVE_CLIP, POSITIVE_COND, POSITIVE_CLIP, BOTH_PASSES)
+POSITIVE_FORMS = (POSITIVE_COND, POSITIVE_CLIP)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class _Node:
 def form_for(passes: str, text_encoder: bool) -> str:
     if passes == "both":
         return BOTH_PASSES
+    if passes == "positive":
+        return POSITIVE_CLIP if text_encoder else POSITIVE_COND
     return NEGATIVE_CLIP if text_encoder else NEGATIVE_COND
 
 
@@ -125,22 +131,29 @@ def _graph(spec: WorkflowSpec) -> list[_Node]:
         nodes.append(_Node(10, "LoraLoader", lora_widgets, {"model": (1, 0), "clip": (1, 1)}, pos=(400, 300)))
         model, clip_pos, clip_neg = (10, 0), (10, 1), (10, 1)
     else:
-        title = "wrong LoRA: negative pass only"
+        positive = spec.form in POSITIVE_FORMS
+        title = "LoRA: positive pass only" if positive else "wrong LoRA: negative pass only"
         nodes.append(_Node(10, "CreateHookLora", lora_widgets, pos=(40, 560), title=title))
-        if spec.form == NEGATIVE_CLIP:
+        if spec.form in (NEGATIVE_CLIP, POSITIVE_CLIP):
             hooked = {"apply_to_conds": True, "schedule_clip": False}
             nodes.append(_Node(11, "SetClipHooks", hooked, {"clip": (1, 1), "hooks": (10, 0)}, pos=(400, 560)))
-            clip_neg = (11, 0)
+            if positive:
+                clip_pos = (11, 0)
+            else:
+                clip_neg = (11, 0)
     pos_text = _Node(2, "CLIPTextEncode", {"text": spec.prompt}, {"clip": clip_pos}, pos=(760, 80), title="Positive")
     neg_text = _Node(3, "CLIPTextEncode", {"text": spec.negative}, {"clip": clip_neg}, pos=(760, 340), title="Negative")
     nodes += [pos_text, neg_text]
-    negative = (3, 0)
-    if spec.form == NEGATIVE_COND:
+    positive, negative = (2, 0), (3, 0)
+    if spec.form in (NEGATIVE_COND, POSITIVE_COND):
         props = {"strength": 1.0, "set_cond_area": "default"}
-        nodes.append(
-            _Node(12, "ConditioningSetProperties", props, {"cond_NEW": (3, 0), "hooks": (10, 0)}, pos=(1200, 420))
-        )
-        negative = (12, 0)
+        cond = (2, 0) if spec.form == POSITIVE_COND else (3, 0)
+        y = 160 if spec.form == POSITIVE_COND else 420
+        nodes.append(_Node(12, "ConditioningSetProperties", props, {"cond_NEW": cond, "hooks": (10, 0)}, pos=(1200, y)))
+        if spec.form == POSITIVE_COND:
+            positive = (12, 0)
+        else:
+            negative = (12, 0)
     nodes.append(
         _Node(4, "EmptyLatentImage", {"width": spec.width, "height": spec.height, "batch_size": 1}, pos=(760, 600))
     )
@@ -156,7 +169,7 @@ def _graph(spec: WorkflowSpec) -> list[_Node]:
                 "scheduler": scheduler,
                 "denoise": 1.0,
             },
-            {"model": model, "positive": (2, 0), "negative": negative, "latent_image": (4, 0)},
+            {"model": model, "positive": positive, "negative": negative, "latent_image": (4, 0)},
             pos=(1580, 160),
         )
     )

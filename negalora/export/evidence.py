@@ -4,17 +4,23 @@ passes (A1111's way) and the strength the artist marked best. Where the run has 
 the demo world's published numbers stand in, labelled as such.
 
 A way is how a comparison column used the LoRA: not at all (base), only the token in the negative
-prompt, the LoRA on both guidance passes, or on the negative pass only. Torch-free.
+prompt, the LoRA on both guidance passes, or on the negative pass only. A LoRA of what is liked (KTO,
+DPO, a picks LoRA: ``liked``) has its own ways: on the positive pass, on it beside a `wrong` LoRA on the
+negative pass, on both passes. Torch-free.
 """
 
 from dataclasses import asdict, dataclass, field
 
 from negalora.compare.votes import wilson_interval
 from negalora.demo_world import published
-from negalora.lora_passes import BOTH, NEGATIVE
+from negalora.lora_passes import BOTH, NEGATIVE, POSITIVE
 
 BASE, TOKEN_ONLY, BOTH_PASSES, NEGATIVE_PASS = "base", "token_only", "both_passes", "negative_pass"
+POSITIVE_PASS, WITH_WRONG = "positive_pass", "positive_with_wrong"  # a liked LoRA's own ways
+WRONG_NEGATIVE = "wrong_negative_pass"  # beside a liked LoRA's ways: a `wrong` LoRA alone (the demo's reference)
 WAYS = (NEGATIVE_PASS, BOTH_PASSES, TOKEN_ONLY, BASE)  # also the order that breaks ties
+LIKED_WAYS = (POSITIVE_PASS, WITH_WRONG, BOTH_PASSES, WRONG_NEGATIVE, TOKEN_ONLY, BASE)
+LORA_WAYS = {False: (NEGATIVE_PASS, BOTH_PASSES), True: (POSITIVE_PASS, WITH_WRONG, BOTH_PASSES)}
 LABELS = {
     BASE: "no LoRA, no token (base)",
     TOKEN_ONLY: "`wrong` in the negative prompt, no LoRA",
@@ -28,12 +34,38 @@ SHORT = {
     BOTH_PASSES: "LoRA on both passes",
     NEGATIVE_PASS: "LoRA on the negative pass",
 }
+LIKED_LABELS = {
+    POSITIVE_PASS: "LoRA on the positive pass only, prompt unchanged (`--lora-passes positive`; the ComfyUI hook "
+    "workflow; positive_pass() in diffusers)",
+    WITH_WRONG: "LoRA on the positive pass + a `wrong` LoRA on the negative pass, negative `wrong`",
+    BOTH_PASSES: "LoRA on both passes (A1111, Forge, a plain LoraLoader, load_lora_weights)",
+    WRONG_NEGATIVE: "not this LoRA: a `wrong` LoRA alone on the negative pass, negative `wrong` (for reference)",
+    TOKEN_ONLY: LABELS[TOKEN_ONLY],
+    BASE: LABELS[BASE],
+}
+LIKED_SHORT = {
+    POSITIVE_PASS: "LoRA on the positive pass",
+    WITH_WRONG: "LoRA on the positive pass with a `wrong` LoRA on the negative",
+    BOTH_PASSES: "LoRA on both passes",
+    WRONG_NEGATIVE: "a `wrong` LoRA alone on the negative pass",
+    TOKEN_ONLY: SHORT[TOKEN_ONLY],
+    BASE: SHORT[BASE],
+}
 
 
-def way_of(column: dict) -> str:
+def way_of(column: dict, liked: bool = False) -> str | None:
+    """The way a comparison column used the LoRA; None where it is none of the ways described (a
+    second LoRA beside a `wrong` one, a liked LoRA on the negative pass)."""
+    passes, second = str(column.get("lora_passes", BOTH)), bool(column.get("negative_lora_path"))
     if not column.get("lora_path"):
-        return TOKEN_ONLY if column.get("with_token") else BASE
-    return NEGATIVE_PASS if column.get("lora_passes") == NEGATIVE else BOTH_PASSES
+        return None if second else TOKEN_ONLY if column.get("with_token") else BASE
+    if liked:
+        if second:
+            return WITH_WRONG if passes == POSITIVE else None
+        return {POSITIVE: POSITIVE_PASS, BOTH: BOTH_PASSES}.get(passes)
+    if second:
+        return None
+    return {NEGATIVE: NEGATIVE_PASS, BOTH: BOTH_PASSES}.get(passes)
 
 
 @dataclass
@@ -76,6 +108,7 @@ class VoteTally:
     wins: int = 0  # a won
     losses: int = 0
     ties: int = 0
+    liked: bool = False  # the ways are a liked LoRA's
 
     @property
     def n(self) -> int:
@@ -88,7 +121,8 @@ class VoteTally:
     def describe(self) -> str:
         lo, hi = wilson_interval(self.wins + 0.5 * self.ties, self.n)
         return (
-            f"{SHORT[self.a]} beat {SHORT[self.b]} in {self.rate:.0%} of {self.n} blind votes "
+            f"{_short(self.a, self.liked)} beat {_short(self.b, self.liked)} in {self.rate:.0%} of {self.n} "
+            "blind votes "
             f"(95% CI {lo:.0%}–{hi:.0%}; {self.wins} wins, {self.losses} losses, {self.ties} ties)"
         )
 
@@ -101,7 +135,7 @@ class Strength:
     how: str  # marked | sweep | none
     nonzero: float | None = None  # the best-rated strength above 0, for a tag when the best is 0
     sweep: dict[float, Tally] = field(default_factory=dict)  # both-pass strengths of the run's sweeps
-    negative_sweep: dict[float, Tally] = field(default_factory=dict)
+    negative_sweep: dict[float, Tally] = field(default_factory=dict)  # the LoRA's own pass (negative or positive)
 
 
 @dataclass
@@ -113,6 +147,19 @@ class Evidence:
     strength: Strength
     decided_by: str  # ratings | votes | demo_world
     demo: dict[str, tuple[int, int, float]] = field(default_factory=dict)  # way -> (defective, n, shape %)
+    liked: bool = False  # a LoRA of what is liked (KTO, DPO, picks): its own ways
+    order: tuple[str, ...] = WAYS  # the ways shown, best-first on ties
+
+    def label(self, way: str) -> str:
+        return (LIKED_LABELS if self.liked else LABELS)[way]
+
+    def short(self, way: str) -> str:
+        return _short(way, self.liked)
+
+    @property
+    def lora_ways(self) -> tuple[str, ...]:
+        """The ways that use this LoRA."""
+        return LORA_WAYS[self.liked]
 
     def _rate_and_interval(self, way: str) -> tuple[float, float, float] | None:
         if self.source == "demo_world":
@@ -131,7 +178,7 @@ class Evidence:
         ``"higher"`` when only its measured rate is higher (the intervals overlap: not yet distinguishable)."""
         if self.decided_by == "votes":
             for v in self.votes:
-                if (v.a, v.b) == (way, BASE):  # gather() orders each pair by WAYS: base is always second
+                if (v.a, v.b) == (way, BASE):  # gather() orders each pair by ``order``: base is always second
                     if wilson_interval(v.wins + 0.5 * v.ties, v.n)[1] < 0.5:
                         return "worse"
                     return "higher" if v.rate < 0.5 else None
@@ -163,7 +210,7 @@ class Evidence:
             return []
         voted = {w for v in self.votes for w in (v.a, v.b)}
         direct = {w for v in self.votes if self.best in (v.a, v.b) for w in (v.a, v.b)}
-        return [w for w in WAYS if w in voted and w not in direct]
+        return [w for w in self.order if w in voted and w not in direct]
 
     def undistinguished(self) -> list[str]:
         """The other measured ways whose 95% interval overlaps the best way's: the measurement cannot yet tell
@@ -175,12 +222,12 @@ class Evidence:
                     lo, hi = wilson_interval(v.wins + 0.5 * v.ties, v.n)
                     if lo <= 0.5 <= hi:
                         out.append(v.b if v.a == self.best else v.a)
-            return [w for w in WAYS if w in out]
+            return [w for w in self.order if w in out]
         best = self._rate_and_interval(self.best)
         if best is None:
             return []
         out = []
-        for way in WAYS:
+        for way in self.order:
             other = self._rate_and_interval(way)
             if way != self.best and other is not None and other[1] <= best[2]:
                 out.append(way)
@@ -226,8 +273,16 @@ def _cells_of_step(store, run_id: str, step: int):
             yield comparison, column, cell
 
 
-def gather(store, run_id: str, step: int) -> Evidence:
-    ways: dict[str, Tally] = {w: Tally() for w in WAYS}
+def _short(way: str, liked: bool) -> str:
+    return (LIKED_SHORT if liked else SHORT)[way]
+
+
+def gather(store, run_id: str, step: int, liked: bool = False) -> Evidence:
+    """The run's measurements of one checkpoint, as ways; ``liked`` for a LoRA of what is liked."""
+    # a run measures its own LoRA: a `wrong` LoRA alone is the demo world's reference only
+    order = tuple(w for w in LIKED_WAYS if w != WRONG_NEGATIVE) if liked else WAYS
+    own = POSITIVE_PASS if liked else NEGATIVE_PASS  # the pass the LoRA is made for
+    ways: dict[str, Tally] = {w: Tally() for w in order}
     sweep: dict[float, Tally] = {}
     negative_sweep: dict[float, Tally] = {}
     way_of_image: dict[int, str] = {}
@@ -235,16 +290,18 @@ def gather(store, run_id: str, step: int) -> Evidence:
     # images, and one image is one measurement.
     seen: set[tuple] = set()
     for comparison, column, cell in _cells_of_step(store, run_id, step):
-        way = way_of(column)
+        way = way_of(column, liked)
+        if way is None:
+            continue
         scale = float(column.get("lora_scale", 1.0))
-        if comparison["kind"] == "scale_sweep":
-            key = (way == NEGATIVE_PASS, scale, cell["image_id"])
+        if comparison["kind"] == "scale_sweep" and way in (own, BOTH_PASSES):
+            key = (way == own, scale, cell["image_id"])
             if key not in seen:
                 seen.add(key)
-                (negative_sweep if way == NEGATIVE_PASS else sweep).setdefault(scale, Tally()).add(cell["verdict"])
+                (negative_sweep if way == own else sweep).setdefault(scale, Tally()).add(cell["verdict"])
             if scale != 1.0:
                 continue  # a way's own numbers are at full strength
-        if way in (BOTH_PASSES, NEGATIVE_PASS) and scale != 1.0:
+        if way in LORA_WAYS[liked] and scale != 1.0:
             continue
         if (way, cell["image_id"]) in seen:
             continue
@@ -257,10 +314,10 @@ def gather(store, run_id: str, step: int) -> Evidence:
         if a is None or b is None or a == b:
             continue
         outcome = v["outcome"]
-        if WAYS.index(a) > WAYS.index(b):  # one tally per pair of ways, whichever side each was shown on
+        if order.index(a) > order.index(b):  # one tally per pair of ways, whichever side each was shown on
             a, b = b, a
             outcome = {"a": "b", "b": "a"}.get(outcome, outcome)
-        tally = votes.setdefault((a, b), VoteTally(a, b))
+        tally = votes.setdefault((a, b), VoteTally(a, b, liked=liked))
         if outcome == "a":
             tally.wins += 1
         elif outcome == "b":
@@ -268,20 +325,31 @@ def gather(store, run_id: str, step: int) -> Evidence:
         else:
             tally.ties += 1
     strength = _strength(store.run(run_id).get("best_scale"), sweep, negative_sweep)
-    rated = [w for w in WAYS if ways[w].rated]
-    if len(rated) >= 2 and any(w in rated for w in (NEGATIVE_PASS, BOTH_PASSES)):
+    rated = [w for w in order if ways[w].rated]
+    if len(rated) >= 2 and any(w in rated for w in LORA_WAYS[liked]):
         # equal rates: the way measured on more cells (the lower upper bound) first
-        best = min(rated, key=lambda w: (ways[w].reject_rate, ways[w].interval()[1], WAYS.index(w)))
-        return Evidence("run", best, ways, list(votes.values()), strength, "ratings")
+        best = min(rated, key=lambda w: (ways[w].reject_rate, ways[w].interval()[1], order.index(w)))
+        return Evidence("run", best, ways, list(votes.values()), strength, "ratings", liked=liked, order=order)
     if votes:
-        best = _best_by_votes(list(votes.values()))
-        return Evidence("run", best, ways, list(votes.values()), strength, "votes")
-    demo: dict[str, tuple[int, int, float]] = {way: (row[1], row[2], row[3]) for way, row in published.ROWS.items()}
-    best = min(demo, key=lambda w: (demo[w][0] / demo[w][1], WAYS.index(w)))
-    return Evidence("demo_world", best, ways, [], strength, "demo_world", demo)
+        best = _best_by_votes(list(votes.values()), order)
+        return Evidence("run", best, ways, list(votes.values()), strength, "votes", liked=liked, order=order)
+    rows = published.PREFERENCE_ROWS[_liked_kind(store, run_id)] if liked else published.ROWS
+    demo: dict[str, tuple[int, int, float]] = {way: (row[1], row[2], row[3]) for way, row in rows.items()}
+    order = tuple(w for w in (LIKED_WAYS if liked else WAYS) if w in demo or not liked)  # the experiment's columns
+    best = min(demo, key=lambda w: (demo[w][0] / demo[w][1], order.index(w)))
+    return Evidence("demo_world", best, ways, [], strength, "demo_world", demo, liked=liked, order=order)
 
 
-def _best_by_votes(votes: list[VoteTally]) -> str:
+def _liked_kind(store, run_id: str) -> str:
+    """Which of the preference experiment's LoRAs a liked run is: kto, dpo, or picks."""
+    import json
+
+    config = json.loads(store.run(run_id)["config"])
+    objective = config.get("objective", "dreambooth")
+    return objective if objective in published.PREFERENCE_ROWS else "picks"
+
+
+def _best_by_votes(votes: list[VoteTally], order: tuple[str, ...] = WAYS) -> str:
     """The way with the best share of all its blind votes (a tie counts half)."""
     score: dict[str, list[float]] = {}
     for v in votes:
@@ -289,7 +357,7 @@ def _best_by_votes(votes: list[VoteTally]) -> str:
             s = score.setdefault(way, [0.0, 0])
             s[0] += won
             s[1] += v.n
-    return min(score, key=lambda w: (-score[w][0] / score[w][1], WAYS.index(w)))
+    return min(score, key=lambda w: (-score[w][0] / score[w][1], order.index(w)))
 
 
 def _strength(marked, sweep: dict[float, Tally], negative_sweep: dict[float, Tally]) -> Strength:

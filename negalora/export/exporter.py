@@ -22,7 +22,7 @@ from negalora.errors import NegaloraError
 from negalora.export import comfyui, kohya_keys, writer
 from negalora.export import evidence as ev
 from negalora.export.metadata import build_metadata, resolution, thumbnail_data_url
-from negalora.export.model_card import Usage, model_card
+from negalora.export.model_card import Usage, liked_model_card, model_card
 from negalora.export.source import ExportSource, find_source, read_checkpoint
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers looks for in a folder
@@ -67,7 +67,7 @@ class ExportPlan:
             lora_name=u.comfy_lora_name,
             form=u.workflow_form,
             prompt=u.prompt,
-            negative=self.source.config.token,
+            negative="" if self.source.liked else self.source.config.token,
             seed=u.seed,
             steps=u.steps,
             cfg=u.guidance,
@@ -113,7 +113,9 @@ class ExportResult:
 
 
 def default_name(source: ExportSource) -> str:
-    return safe_name(f"{source.config.token}-{source.run_id}-step{source.step}")
+    c = source.config
+    what = c.objective if c.preference else c.token  # a KTO or DPO LoRA has no token of its own
+    return safe_name(f"{what}-{source.run_id}-step{source.step}")
 
 
 def safe_name(text: str) -> str:
@@ -158,15 +160,6 @@ def plan_export(store, request: ExportRequest) -> ExportPlan:
     if request.fmt not in FORMATS:
         raise NegaloraError(f"format {request.fmt!r}: choose {' or '.join(FORMATS)}")
     source = find_source(store, request.run_id, request.step)
-    if source.config.preference or source.config.source == "picks":
-        # The card, the A1111 notes and the ComfyUI hook graphs are written for `wrong` on the negative
-        # pass; a LoRA of what is liked belongs on the positive pass, and nothing here says so yet.
-        raise NegaloraError(
-            f"run {request.run_id}: a {source.config.objective} LoRA from "
-            f"{'picks' if source.config.source == 'picks' else 'picks and rejects'} is not exported yet "
-            f"(its card and workflows would describe the negative pass); use its checkpoint {source.path} "
-            "with --lora-passes positive"
-        )
     if request.name and request.name.strip():
         name = check_name(request.name.strip())
     elif (
@@ -191,7 +184,7 @@ def plan_export(store, request: ExportRequest) -> ExportPlan:
     grid = grid if grid is not None and Path(grid).is_file() else None
     metadata = build_metadata(source, request.fmt, name, tensors, alpha, header, thumbnail_data_url(grid))
     card, grid_dest = companions(dest)
-    evidence = ev.gather(store, source.run_id, source.step)
+    evidence = ev.gather(store, source.run_id, source.step, liked=source.liked)
     text_encoder = any(c != "unet" for c in components)
     usage = _usage(store, source, request.fmt, name, dest, evidence, text_encoder)
     return ExportPlan(
@@ -241,7 +234,8 @@ def _usage(store, source: ExportSource, fmt: str, name: str, dest: Path, evidenc
         prompts = prompt_sets.DEMO_PROMPTS if set_name == prompt_sets.DEMO_SET else prompt_sets.DEFAULT_PROMPTS
     size = resolution(source)
     stem = dest.stem if fmt == "kohya" else name
-    passes = "both" if evidence.best == ev.BOTH_PASSES else "negative"
+    own = "positive" if source.liked else "negative"  # the pass the LoRA is made for
+    passes = "both" if evidence.best == ev.BOTH_PASSES else own
     return Usage(
         prompt=prompts[0],
         seed=1,
@@ -367,7 +361,7 @@ def run_export(
 
 
 def _card(plan: ExportPlan, verification: dict, file_sha: str) -> str:
-    return model_card(
+    return (liked_model_card if plan.source.liked else model_card)(
         name=plan.name,
         fmt=plan.request.fmt,
         file_name=plan.dest.name,

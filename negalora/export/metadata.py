@@ -72,7 +72,30 @@ def resolution(source: ExportSource) -> int:
 def tag_frequency(source: ExportSource) -> dict:
     """kohya's ss_tag_frequency: {dataset: {tag: count}} from the training captions."""
     counts = Counter(t.strip() for c in source.captions for t in c.split(",") if t.strip())
-    return {"rejects": dict(sorted(counts.items()))}
+    return {dataset_name(source): dict(sorted(counts.items()))}
+
+
+def dataset_name(source: ExportSource) -> str:
+    c = source.config
+    if c.objective == "kto":
+        return "picks and rejects"
+    if c.objective == "dpo":
+        return "pairs"
+    return "picks" if c.source == "picks" else "rejects"
+
+
+def learned_from(source: ExportSource) -> str:
+    """What a LoRA learned from, in a phrase."""
+    c = source.config
+    if c.objective == "kto":
+        return (
+            f"KTO (beta {c.preference_beta:g}) on {source.picks} picked images as desirable and {source.rejects} "
+            "rejected ones as undesirable, each with its own prompt"
+        )
+    if c.objective == "dpo":
+        return f"DPO (beta {c.preference_beta:g}) on {source.pairs} pairs of one prompt, the preferred image and not"
+    what = "picked" if c.source == "picks" else "rejected"
+    return f"DreamBooth on {source.images} {what} images as '{c.token}'"
 
 
 def usage_hint(token: str) -> str:
@@ -107,7 +130,10 @@ def build_metadata(
         "ss_steps": str(source.step),
         "ss_tag_frequency": json.dumps(tag_frequency(source)),
         "ss_training_comment": (
-            f"negalora 'wrong' LoRA: trained on {source.images} rejected images as '{config.token}'; "
+            f"negalora LoRA of what is liked: {learned_from(source)}; use it on the positive guidance pass, "
+            "with the prompt unchanged"
+            if source.liked
+            else f"negalora 'wrong' LoRA: trained on {source.images} rejected images as '{config.token}'; "
             f"use it with '{config.token}' in the negative prompt"
         ),
     }
@@ -121,12 +147,18 @@ def build_metadata(
         "modelspec.implementation": IMPLEMENTATION[fmt],
         "modelspec.title": name,
         "modelspec.description": (
-            f"A 'wrong' LoRA made with negalora from {source.images} rejected images "
+            f"A LoRA of what is liked, made with negalora: {learned_from(source)} (rank {config.rank}, "
+            f"alpha {alpha:g}, step {source.step}). Use it on the positive guidance pass with the prompt unchanged."
+            if source.liked
+            else f"A 'wrong' LoRA made with negalora from {source.images} rejected images "
             f"(rank {config.rank}, alpha {alpha:g}, step {source.step}). Put '{config.token}' in the negative "
             "prompt to steer images away from what was rejected."
         ),
-        "modelspec.trigger_phrase": config.token,
-        "modelspec.usage_hint": usage_hint(config.token),
+        **(
+            {"modelspec.usage_hint": "on the positive guidance pass only, the prompt unchanged"}
+            if source.liked
+            else {"modelspec.trigger_phrase": config.token, "modelspec.usage_hint": usage_hint(config.token)}
+        ),
         "modelspec.hash_sha256": "0x" + hashes.model,
         "modelspec.date": source.created,
         "modelspec.resolution": f"{size}x{size}",
@@ -137,6 +169,8 @@ def build_metadata(
         "negalora.base_model_hash": source.base_hash,
         "negalora.checkpoint_sha256": source.sha256,
         "negalora.format": fmt,
+        "negalora.objective": config.objective,
+        "negalora.learned_from": dataset_name(source),
     }
     if thumbnail:
         meta["modelspec.thumbnail"] = thumbnail

@@ -29,6 +29,14 @@ class ExportSource:
     base_name: str
     base_location: str  # what load_model() takes: "demo", a folder, a file or a hub id
     base_hash: str  # the loaded model's identity hash (negalora's, see models/loader.py)
+    picks: int = 0  # KTO: the desirable images among ``images``
+    rejects: int = 0  # KTO: the undesirable ones
+    pairs: int = 0  # DPO: the pairs of one prompt it learned from
+
+    @property
+    def liked(self) -> bool:
+        """A LoRA of what is liked (KTO, DPO, picks), for the positive pass; else a `wrong` LoRA."""
+        return self.config.liked
 
 
 def find_source(store, run_id: str, step: int | None = None) -> ExportSource:
@@ -66,6 +74,9 @@ def find_source(store, run_id: str, step: int | None = None) -> ExportSource:
         base_name=base.get("name", ""),
         base_location=base.get("location", ""),
         base_hash=base.get("sha256", base.get("hash", "")),
+        picks=sum(i.get("label") == "pick" for i in dataset.get("images", [])),
+        rejects=sum(i.get("label") == "reject" for i in dataset.get("images", [])),
+        pairs=len(dataset.get("pairs", [])),
     )
 
 

@@ -119,7 +119,7 @@ def verify_export(
     prompts = source.config.validation_prompts or ("a photo",)
     request = GenerateRequest(
         prompts=(prompts[0],),
-        negative=source.config.token,
+        negative="" if source.liked else source.config.token,  # a liked LoRA is used without the token
         seed=source.config.validation_seed,
         steps=STEPS,
         guidance=7.0,

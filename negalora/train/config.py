@@ -85,6 +85,11 @@ class TrainConfig:
         return self.objective in DEFAULT_BETA
 
     @property
+    def liked(self) -> bool:
+        """A LoRA of what is liked (KTO, DPO, a picks LoRA), for the positive pass; else a `wrong` LoRA."""
+        return self.preference or self.source == "picks"
+
+    @property
     def preference_beta(self) -> float:
         return self.beta if self.beta is not None else DEFAULT_BETA.get(self.objective, 0.0)
 

@@ -41,10 +41,10 @@ from negalora.api import (
     CompareRequest,
     check_strength,
 )
-from negalora.compare.prompt_sets import DEFAULT_SET, ensure_default_set
+from negalora.compare.prompt_sets import DEFAULT_SET, ensure_default_set, liked_lora, measured_passes
 from negalora.compare.votes import win_rates
 from negalora.errors import NegaloraError
-from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE
+from negalora.lora_passes import BOTH, DEFAULT, NEGATIVE, POSITIVE
 from negalora.store import Store
 from negalora.ui.ab_viewer import ABViewer
 from negalora.ui.rerender_dialog import STRENGTH_TIP
@@ -54,7 +54,12 @@ KIND_LABELS = {
     SCALE_SWEEP: "LoRA strength sweep",
     CHECKPOINT_SWEEP: "Checkpoint sweep",
 }
-PASSES_LABELS = {BOTH: "Both guidance passes", NEGATIVE: "Negative pass only"}
+PASSES_LABELS = {
+    BOTH: "Both guidance passes",
+    NEGATIVE: "Negative pass only",
+    POSITIVE: "Positive pass only (a LoRA of what you like)",
+}
+NO_SECOND = "none"
 FILE_SOURCE = "__file__"
 THUMB = 112
 PROMPT_HINT = "one test prompt per line"
@@ -128,11 +133,27 @@ class ComparePage(QWidget):
         ckpt_row = QHBoxLayout()
         ckpt_row.addWidget(self.checkpoint, 1)
         ckpt_row.addWidget(self.mark_best)
+        # a second LoRA on the negative pass beside it (a `wrong` run beside a KTO run): one more column
+        self.second = QComboBox()
+        self.second.setEditable(True)  # a run id, or a .safetensors path typed or pasted
+        self.second.setToolTip(
+            "Adds a column: the LoRA above on its passes, and this one on the negative pass beside it\n"
+            "(with the negative token). A `wrong` run beside a KTO, DPO or picks run on the positive pass.\n"
+            "A run id or a .safetensors file; none for no such column."
+        )
+        self.second_scale = QDoubleSpinBox(minimum=-4.0, maximum=4.0, decimals=2, singleStep=0.25, value=1.0)
+        self.second_scale.setToolTip("The second LoRA's strength")
+        second_row = QHBoxLayout()
+        second_row.addWidget(self.second, 1)
+        second_row.addWidget(self.second_scale)
+        self.second_label = QLabel("Beside, on neg. pass")
+        self._passes_for: str | None = None  # the run the passes were last set to the measured best for
         lora_box = QGroupBox("LoRA")
         lf = QFormLayout(lora_box)
         lf.addRow("Run", self.source)
         lf.addRow("Checkpoint", ckpt_row)
         lf.addRow("File", file_row)
+        lf.addRow(self.second_label, second_row)
 
         # -- the test prompts
         self.prompt_set = QComboBox()
@@ -190,8 +211,11 @@ class ComparePage(QWidget):
         self.passes.setCurrentIndex(self.passes.findData(DEFAULT))
         self.passes.setToolTip(
             "Both: the LoRA acts on the positive and the negative pass, as in A1111 and ComfyUI.\n"
-            "Negative pass only: it acts only where the negative prompt is drawn."
+            "Negative pass only: it acts only where the negative prompt is drawn (a `wrong` LoRA's best).\n"
+            "Positive pass only: only where the prompt is drawn, the prompt unchanged (best for KTO, DPO, picks).\n"
+            "Choosing a run sets this to where that kind of LoRA measured best."
         )
+        self.passes.currentIndexChanged.connect(self._passes_changed)
         self.extra_column = QCheckBox("Add a column with the LoRA on the other passes")
         self.extra_column.setChecked(True)
         self.token = QLineEdit("wrong")
@@ -310,6 +334,15 @@ class ComparePage(QWidget):
             if self.store.checkpoints(run["id"]):
                 self.source.addItem(f"{run['id']} · {run['status']} · {run['images']} images", run["id"])
         self.source.addItem("A LoRA file…", FILE_SOURCE)
+        typed = self.second.currentText()
+        self.second.clear()
+        self.second.addItem(NO_SECOND)
+        wrong_first = sorted(
+            (r["id"] for r in self.store.runs() if self.store.checkpoints(r["id"])),
+            key=lambda run_id: liked_lora(self.store, run_id),  # `wrong` runs first: what goes on the negative pass
+        )
+        self.second.addItems(wrong_first)
+        self.second.setCurrentText(typed or NO_SECOND)
         index = self.source.findData(current)
         self.source.setCurrentIndex(index if index >= 0 else 0)
         self.source.blockSignals(False)
@@ -351,6 +384,9 @@ class ComparePage(QWidget):
                 self.checkpoint.setCurrentIndex(self.checkpoint.count() - 1)
         self.checkpoint.setEnabled(not is_file)
         self.mark_best.setEnabled(not is_file)
+        if run_id is not None and run_id != self._passes_for:  # a newly chosen run: where its kind measured best
+            self._passes_for = run_id
+            self.passes.setCurrentIndex(self.passes.findData(measured_passes(self.store, run_id)))
         self._show_votes()
 
     def _kind_changed(self) -> None:
@@ -358,6 +394,13 @@ class ComparePage(QWidget):
         self.scales.setEnabled(kind == SCALE_SWEEP)
         self.scale.setEnabled(kind != SCALE_SWEEP)
         self.extra_column.setEnabled(kind == THREE_WAY)
+        self._passes_changed()
+
+    def _passes_changed(self, *_) -> None:
+        """A second LoRA on the negative pass is a three-way column beside a LoRA not on that pass."""
+        on = self.kind.currentData() == THREE_WAY and self.passes.currentData() != NEGATIVE
+        for w in (self.second, self.second_scale, self.second_label):
+            w.setEnabled(on)
 
     def _init_changed(self, *_) -> None:
         """Init images stand in for the test prompts: more than one is set aside (a re-render takes
@@ -472,11 +515,19 @@ class ComparePage(QWidget):
             token=self.token.text().strip(),
             lora_passes=self.passes.currentData(),
             extra_column=self.extra_column.isChecked(),
+            **self._second_fields(),
             steps=self.steps.value(),
             guidance=self.guidance.value(),
             init_images=init_images,
             strength=self.strength.value() if init_images else DEFAULT_STRENGTH,
         ).to_dict()
+
+    def _second_fields(self) -> dict:
+        """The second LoRA's fields of the request (none where it is off or unset)."""
+        text = self.second.currentText().strip()
+        if not self.second.isEnabled() or text in ("", NO_SECOND):
+            return {}
+        return {"negative_lora": text, "negative_lora_scale": self.second_scale.value()}
 
     def _render(self) -> None:
         try:
@@ -651,6 +702,8 @@ class ComparePage(QWidget):
             "strength": self.strength.value(),
             "after_training": self.after_training.isChecked(),
             "lora_file": self.lora_file.text(),
+            "second": self.second.currentText(),
+            "second_scale": self.second_scale.value(),
         }
 
     def restore(self, data: dict) -> None:
@@ -664,11 +717,19 @@ class ComparePage(QWidget):
         ):
             if data.get(key):
                 widget.setText(data[key])
+        if data.get("second"):
+            self.second.setCurrentText(data["second"])
         for key, combo in (("kind", self.kind), ("passes", self.passes)):
             index = combo.findData(data.get(key))
             if index >= 0:
                 combo.setCurrentIndex(index)
-        spins = (("scale", self.scale), ("steps", self.steps), ("guidance", self.guidance), ("strength", self.strength))
+        spins = (
+            ("scale", self.scale),
+            ("steps", self.steps),
+            ("guidance", self.guidance),
+            ("strength", self.strength),
+            ("second_scale", self.second_scale),
+        )
         for key, spin in spins:
             if data.get(key) is not None:
                 spin.setValue(data[key])

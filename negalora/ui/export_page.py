@@ -32,6 +32,9 @@ THUMB = 150
 
 WAY_NAMES = {
     "negative_pass": "the LoRA on the negative pass",
+    "positive_pass": "the LoRA on the positive pass, the prompt unchanged",
+    "positive_with_wrong": "the LoRA on the positive pass beside a `wrong` LoRA on the negative",
+    "wrong_negative_pass": "a `wrong` LoRA alone on the negative pass, not this LoRA",
     "both_passes": "the LoRA on both passes",
     "token_only": "`wrong` alone, no LoRA",
     "base": "no LoRA at all",
