@@ -563,14 +563,16 @@ def _vae_slicing(pipe, n: int, pixels: int):
             vae.disable_slicing()
 
 
-def split_conditioning(conditioner: Conditioner, pipe, prompt: str, negative: str) -> Conditioning:
-    """The positive prompt encoded without the LoRA, the negative with it (when it adapts the text
-    encoders; otherwise one encoding serves both)."""
+def split_conditioning(conditioner: Conditioner, pipe, prompt: str, negative: str, lora_on: str = "negative"):
+    """The positive prompt encoded without the LoRA, the negative with it (``lora_on="positive"``: the
+    other way round) when it adapts the text encoders; otherwise one encoding serves both."""
     on = conditioner.encode(prompt, negative)
     with text_encoder_lora_off(pipe) as adapted:
         if not adapted:
             return on
         off = conditioner.encode(prompt, negative, variant="lora-off")
+    if lora_on == "positive":
+        return Conditioning(on.embeds, on.pooled, off.negative_embeds, off.negative_pooled)
     return Conditioning(off.embeds, off.pooled, on.negative_embeds, on.negative_pooled)
 
 

@@ -267,3 +267,35 @@ def test_a_picks_lora_learns_right_from_the_picks_only(home):
     with pytest.raises(NegaloraError, match="source 'votes'"):
         TrainConfig(source="votes").check()
     store.close()
+
+
+def test_a_liked_loras_validation_images_show_it_on_the_positive_pass_with_the_prompt_unchanged(home):
+    import numpy as np
+    from PIL import Image
+
+    from negalora.compare.prompt_sets import DEMO_GUIDANCE
+    from negalora.generate import GenerateRequest, Generator
+
+    model, store = _rated(home)
+    events = []
+    config = _config("dreambooth", source="picks", steps=2, checkpoint_every=2, lr=3e-2, validation_steps=4)
+    result = Trainer(home, store, model, on_event=events.append).start(config)
+    assert result.status == "done"
+    (event,) = [e for e in events if e["type"] == "validation"]
+    assert event["passes"] == "positive" and event["guidance"] == DEMO_GUIDANCE
+    shown = np.asarray(Image.open(event["paths"][0]).convert("RGB"), dtype=np.int16)
+    generator = Generator(model)
+
+    def rendered(passes: str):
+        request = GenerateRequest(prompts=(config.validation_prompts[0],), seed=config.validation_seed, steps=4,
+                                  guidance=DEMO_GUIDANCE, lora=result.checkpoints[-1], lora_passes=passes)  # fmt: skip
+        ((_, image),) = generator.render_many(generator.plan(request), 1)
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+    positive, both = rendered("positive"), rendered("both")
+    generator.release_lora()
+    assert np.abs(shown - positive).max() <= 2  # the app's own positive-pass render of the checkpoint
+    assert np.abs(shown - both).max() > 5
+    with pytest.raises(NegaloraError, match="validation passes 'sideways'"):
+        TrainConfig(validation_passes="sideways").check()
+    store.close()

@@ -114,7 +114,7 @@ def test_picks_send_dreambooth_on_the_picks_with_the_right_token(window, qtbot):
     assert page.text_encoder.isEnabled() and page.prior.isEnabled()  # DreamBooth on picks allows both
     config = _sent_config(window, qtbot)
     assert (config.objective, config.source, config.token) == ("dreambooth", "picks", "right")
-    assert config.validation_passes == "both"  # a LoRA of what is liked: not shown on the negative pass
+    assert config.validation_passes == "positive"  # a LoRA of what is liked: where it measured best
     assert config.beta is None
 
 
@@ -153,7 +153,7 @@ def test_kto_and_dpo_switch_off_the_options_they_refuse_and_give_them_back(windo
         assert not box.isEnabled() and not box.isChecked()
         assert "reference" in box.toolTip() and kind.upper() in box.toolTip()
     assert not page.token.isEnabled() and "own prompt" in page.token.toolTip()
-    assert not page.validation_passes.isEnabled() and page.validation_passes.currentData() == "both"
+    assert not page.validation_passes.isEnabled() and page.validation_passes.currentData() == "positive"
     config = _sent_config(window, qtbot)  # config.check() would refuse either: the page sends neither
     assert not config.train_text_encoder and not config.prior_preservation
     window._train_job = None

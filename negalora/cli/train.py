@@ -4,7 +4,7 @@ import os
 import sys
 
 from negalora.cli.common import add_common, emit, load_model_from_args, model_spec
-from negalora.train.config import DEFAULT_BETA, OBJECTIVES, PICKS_TOKEN, SOURCES
+from negalora.train.config import DEFAULT_BETA, OBJECTIVES, PICKS_TOKEN, SOURCES, VALIDATION_PASSES
 
 
 def add_parsers(sub) -> None:
@@ -49,8 +49,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--validation-steps", type=int, metavar="N", help="sampling steps of validation images (0: none)")
     t.add_argument(
         "--validation-passes",
-        choices=["negative", "both"],
-        help="the guidance passes the LoRA acts on in validation images (default negative, the product's way)",
+        choices=VALIDATION_PASSES,
+        help="the guidance passes the LoRA acts on in validation images (default: where its kind measured best: "
+        "negative for a `wrong` LoRA, positive for a KTO, DPO or picks LoRA)",
     )
     t.add_argument(
         "--validation-cfg",

@@ -150,18 +150,17 @@ def validate(run: "TrainingRun", unet, step: int, *, model: "LoadedModel", emit:
     size = config.resolution or model.native_size
     guidance = validation_guidance(config, model)
     paths = []
-    liked = config.preference or config.source == "picks"
     for k, prompt in enumerate(config.validation_prompts):
         image = render(
             model,
             conditioner,
-            f"{prompt}, {config.token}" if config.source == "picks" else prompt,
-            "" if liked else config.token,
+            prompt,  # a liked LoRA too: the prompt unchanged, as compare and the experiment use it
+            "" if config.liked else config.token,
             seed=config.validation_seed,
             steps=config.validation_steps,
             size=size,
             guidance=guidance,
-            negative_pass=config.validation_passes == "negative",
+            passes=config.validation_passes,
         )
         path = out_dir / f"step-{step:06d}-{k}.png"
         atomic_write_bytes(path, png(image), fault="image_write")
@@ -194,23 +193,26 @@ def render(
     steps: int,
     size: int,
     guidance: float = 7.0,
-    negative_pass: bool = False,
+    passes: str = "both",
 ):
     """One image from the pipeline as it stands: with the LoRA attached on both passes, or with
     ``negative_pass`` on the negative pass only (the app's own code for it). The class images of
     prior preservation are made with it too, before the LoRA is attached."""
     from negalora.generate import split_conditioning
-    from negalora.lora_passes import negative_pass as on_negative_pass
+    from negalora.lora_passes import negative_pass, positive_pass
     from negalora.schedulers import DEFAULT_SCHEDULER, make_scheduler
 
     pipe = model.pipe
     pipe.scheduler = make_scheduler(DEFAULT_SCHEDULER, model.scheduler_config)
-    if negative_pass:
+    if passes == "negative":
         cond = split_conditioning(conditioner, pipe, prompt, negative)
+    elif passes == "positive":
+        cond = split_conditioning(conditioner, pipe, prompt, negative, lora_on="positive")
     else:
         cond = conditioner.encode(prompt, negative)
     kwargs = {k: v.to(pipe.unet.dtype) for k, v in cond.pipeline_kwargs().items()}
-    with on_negative_pass(pipe, text_encoders=False) if negative_pass else nullcontext():
+    one_pass = {"negative": negative_pass, "positive": positive_pass}.get(passes)
+    with one_pass(pipe, text_encoders=False) if one_pass else nullcontext():
         out: Any = pipe(
             **kwargs,
             num_inference_steps=steps,

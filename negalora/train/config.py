@@ -18,6 +18,7 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # torch.compile's; induct
 # (Diffusion-DPO): blind votes first, then a pick and a reject of one prompt and size.
 OBJECTIVES = ("dreambooth", "kto", "dpo")
 SOURCES = ("rejects", "picks")
+VALIDATION_PASSES = ("negative", "both", "positive")
 PICKS_TOKEN = "right"  # the token of a picks LoRA unless another is given
 DEFAULT_BETA = {"kto": 1000.0, "dpo": 5000.0}  # the papers' (diffusers' DPO-SDXL script uses 5000)
 
@@ -57,7 +58,8 @@ class TrainConfig:
     validation_steps: int = 20
     # Validation images show the LoRA the way the product applies it (negative pass) at the CFG of the
     # model's default test set, so what the artist watches is what comparisons and export will use.
-    validation_passes: str = "negative"  # or "both": as A1111, ComfyUI and diffusers apply a LoRA
+    # or "both" (as A1111, ComfyUI and diffusers apply a LoRA), or "positive" (a LoRA of what is liked)
+    validation_passes: str = "negative"
     validation_guidance: float | None = None  # None: the model's default test set's CFG (demo 3, SDXL 7)
     max_nan_steps: int = 5  # stop after this many non-finite losses in a row
     # Prior preservation (DreamBooth): class images made by the base model before training, trained
@@ -129,8 +131,10 @@ class TrainConfig:
             raise NegaloraError(f"checkpoint every {self.checkpoint_every}: must be at least 1")
         if not self.token.strip():
             raise NegaloraError("the instance token must not be empty")
-        if self.validation_passes not in ("negative", "both"):
-            raise NegaloraError(f"validation passes {self.validation_passes!r}: choose negative or both")
+        if self.validation_passes not in VALIDATION_PASSES:
+            raise NegaloraError(
+                f"validation passes {self.validation_passes!r}: choose one of {', '.join(VALIDATION_PASSES)}"
+            )
         if self.validation_guidance is not None and not (0 <= self.validation_guidance <= 50):
             raise NegaloraError(f"validation CFG {self.validation_guidance}: must be between 0 and 50")
         if self.prior_weight < 0 or self.class_images < 0 or self.class_steps < 1:

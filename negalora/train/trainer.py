@@ -95,9 +95,10 @@ class Trainer:
         config = chosen.config
         if not config.validation_prompts:
             config = _with_validation_prompts(config, self.model)
-        if config.preference and config.validation_passes == "negative":
-            # a preference LoRA learns the prompt's own pass: its validation shows it on both
-            config = replace(config, validation_passes="both")
+        if config.liked and config.validation_passes == "negative":
+            # a LoRA of what is liked is shown where it measured best: on the positive pass, the prompt
+            # unchanged (docs/efficacy_preference.md)
+            config = replace(config, validation_passes="positive")
         run_id = new_run_id()
         if self._main:
             run_dir = self.home.runs / run_id

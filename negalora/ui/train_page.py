@@ -53,7 +53,8 @@ HELD_TIPS = {
     "prior": REFERENCE_TIP + ", which keeps it near the model's prior: no prior preservation.",
     "caption": "{name} captions each image with its own prompt: no token and no reason tags.",
     "picks_reasons": "Reason tags belong to rejects: a picks LoRA learns from every pick.",
-    "validation": "A {name} LoRA learns the prompt's own pass: its validation images show it on both passes.",
+    "validation": "A {name} LoRA learns the prompt's own pass: its validation images show it on the positive pass, "
+    "where it measured best.",
 }
 
 
@@ -121,7 +122,7 @@ class TrainPage(QWidget):
             "is meant for the positive pass (Generate: LoRA on the positive pass only)."
         )
         self._kind = "rejects"
-        self._passes_for_picks = False  # the validation passes were switched to both for a picks LoRA
+        self._passes_for_picks = False  # the validation passes were switched to positive for a picks LoRA
         self.objective.currentIndexChanged.connect(lambda _: self._objective_chosen())
         self.beta = QLineEdit()
         self.beta.setValidator(QDoubleValidator(1e-6, 1e9, 6, self.beta))
@@ -168,9 +169,11 @@ class TrainPage(QWidget):
         self.validation_passes = QComboBox()
         self.validation_passes.addItem("LoRA on the negative pass (default)", "negative")
         self.validation_passes.addItem("LoRA on both passes (as A1111)", "both")
+        self.validation_passes.addItem("LoRA on the positive pass (what is liked)", "positive")
         self.validation_passes.setToolTip(
             "How the validation images apply the LoRA. The negative pass is how negalora, the ComfyUI workflow and "
-            "negative_pass() use it; both passes is how A1111 and a plain LoraLoader do (worse on the demo world)."
+            "negative_pass() use a `wrong` LoRA; both passes is how A1111 and a plain LoraLoader do (worse on the "
+            "demo world); the positive pass, the prompt unchanged, is where a KTO, DPO or picks LoRA measured best."
         )
         self.token.textChanged.connect(lambda _: self._show_samples_title())
         self.validation_passes.currentIndexChanged.connect(lambda _: self._show_samples_title())
@@ -441,14 +444,14 @@ class TrainPage(QWidget):
         elif kind != "picks" and token == PICKS_TOKEN:  # kto/dpo keep it only as validation's negative prompt
             self.token.setText("wrong")
         self._show_objective()
-        # a picks LoRA is for the positive pass: its validation images show it on both, not the negative one
+        # a picks LoRA is for the positive pass: its validation images show it there, not on the negative one
         passes = self.validation_passes.currentData()
         if kind == "picks" and before != "picks" and passes == "negative":
-            self.validation_passes.setCurrentIndex(self.validation_passes.findData("both"))
+            self.validation_passes.setCurrentIndex(self.validation_passes.findData("positive"))
             self._passes_for_picks = True
         elif kind == "rejects" and self._passes_for_picks:
             self._passes_for_picks = False
-            if passes == "both":
+            if passes == "positive":
                 self.validation_passes.setCurrentIndex(self.validation_passes.findData("negative"))
         self._preview()
 
@@ -470,7 +473,7 @@ class TrainPage(QWidget):
             self.with_reasons: (kind != "rejects", False, reasons_tip),
             self.reasons: (kind != "rejects", None, reasons_tip),
             self.token: (preference, None, HELD_TIPS["caption"]),
-            self.validation_passes: (preference, "both", HELD_TIPS["validation"]),
+            self.validation_passes: (preference, "positive", HELD_TIPS["validation"]),
         }
         for widget, (off, value, tip) in held.items():
             self._hold(widget, off, value, tip.format(name=name))
@@ -503,12 +506,12 @@ class TrainPage(QWidget):
     def _show_samples_title(self) -> None:
         if not hasattr(self, "samples_title"):
             return
-        passes = "both passes" if self.validation_passes.currentData() == "both" else "the negative pass"
+        passes = {"both": "both passes", "positive": "the positive pass"}.get(
+            self.validation_passes.currentData(), "the negative pass"
+        )
         token = html.escape(self.token.text().strip() or "wrong")
         _, objective, source = OBJECTIVE_CHOICES[self.objective.currentData()]
-        if source == "picks":  # as the trainer renders them (train/checkpoints.py validate)
-            shown = f"prompt + {token}, no negative"
-        elif objective != "dreambooth":
+        if source == "picks" or objective != "dreambooth":  # as the trainer renders them (checkpoints.validate)
             shown = "the prompt alone, no negative"
         else:
             shown = f"negative: {token}"
