@@ -272,6 +272,9 @@ class Generator:
             )
         held = {LORA_ADAPTER: self._lora, NEGATIVE_ADAPTER: self._negative_lora}
         stale = [n for n, s in held.items() if s.sha256 and (n not in wanted or wanted[n][1] != s.sha256)]
+        # another Generator on this pipe (a page's, a test's) may have left its LoRA under our names
+        loaded = {a for names in pipe.get_list_adapters().values() for a in names} if wanted else set()
+        stale += [n for n in wanted if not held[n].sha256 and n in loaded]
         if stale:  # diffusers unloads every adapter at once: the ones still wanted are loaded again
             pipe.unload_lora_weights()
             self._lora, self._negative_lora = _LoraState(), _LoraState()

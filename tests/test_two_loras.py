@@ -122,3 +122,15 @@ def test_both_loras_are_recorded_and_regenerate_exactly(world, tmp_path):
         assert fields["negative_lora_hash"] == recipe.negative_lora_hash[:12] and fields["negative_lora_scale"] == 0.75
         again = regenerate(model.generator, store.recipe(stored.id), store)
         assert np.array_equal(np.asarray(again, dtype=np.int16), kept)
+
+
+def test_a_second_generator_on_the_same_pipe_takes_over_the_adapters_left_behind(world):
+    model, files, copies = world
+    _render(model, lora=str(files["right"]), lora_passes="positive", negative_lora=str(files["wrong"]))
+    other = Generator(model)  # a page's or a worker's own, on the pipe the first one loaded its LoRAs into
+    (recipe,) = other.plan(GenerateRequest(prompts=(PROMPT,), negative="wrong", seed=4, steps=5, guidance=4,
+                                           lora=str(files["wrong"]), lora_passes="positive"))  # fmt: skip
+    ours = np.asarray(other.render(recipe), dtype=np.int16)  # before: "adapter name already in use"
+    other.release_lora()
+    assert np.abs(ours - _oracle(model, copies["base"].unet, copies["wrong"].unet, **CALL)).max() == 0
+    model.generator = Generator(model)  # the pipe is bare again: the first one's record is stale

@@ -57,7 +57,7 @@ KIND_LABELS = {
 PASSES_LABELS = {
     BOTH: "Both guidance passes",
     NEGATIVE: "Negative pass only",
-    POSITIVE: "Positive pass only (a LoRA of what you like)",
+    POSITIVE: "Positive pass only (liked)",
 }
 NO_SECOND = "none"
 FILE_SOURCE = "__file__"
@@ -146,7 +146,10 @@ class ComparePage(QWidget):
         second_row = QHBoxLayout()
         second_row.addWidget(self.second, 1)
         second_row.addWidget(self.second_scale)
-        self.second_label = QLabel("Beside, on neg. pass")
+        self.second_label = QLabel("Neg.-pass LoRA")
+        self.second_label.setStyleSheet("QLabel:disabled { color: #6b6f76; }")  # off beside a negative-pass LoRA
+        self.second.setStyleSheet("QComboBox:disabled { color: #6b6f76; }")
+        self.second_scale.setStyleSheet("QDoubleSpinBox:disabled { color: #6b6f76; }")
         self._passes_for: str | None = None  # the run the passes were last set to the measured best for
         lora_box = QGroupBox("LoRA")
         lf = QFormLayout(lora_box)
@@ -259,6 +262,10 @@ class ComparePage(QWidget):
         ll.addWidget(self.progress)
         ll.addWidget(self.progress_label)
         ll.addStretch(1)
+        for combo in (self.source, self.checkpoint, self.second, self.prompt_set, self.kind, self.passes):
+            # long run names and labels must not widen the panel past its scroll area
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         scroll = QScrollArea()
         scroll.setWidget(left)
         scroll.setWidgetResizable(True)
