@@ -8,6 +8,7 @@ a cancelled image is thrown away (the pipeline is stopped before it decodes anyt
 import hashlib
 import re
 import secrets
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -256,11 +257,17 @@ class Generator:
         return self._schedulers[name]
 
     def _apply_lora(self, recipe: Recipe) -> None:
+        pipe = self.model.pipe
+        owner = getattr(pipe, "_negalora_lora_owner", None)
+        if owner is not None and owner() is not self:
+            # another Generator on this pipe (a page's, a test's) loaded LoRAs since: what we hold is gone
+            self._lora, self._negative_lora = _LoraState(), _LoraState()
+            self._lora_applied = ("another's",)  # its conditioning cache is not ours either
+        pipe._negalora_lora_owner = weakref.ref(self)
         state = (recipe.lora_hash, recipe.lora_scale, recipe.negative_lora_hash, recipe.negative_lora_scale)
         if state != self._lora_applied:
             self._conditioner.clear()  # a LoRA may adapt the text encoders too
             self._lora_applied = state
-        pipe = self.model.pipe
         wanted = {}
         if recipe.lora_path:
             wanted[LORA_ADAPTER] = (recipe.lora_path, recipe.lora_hash, recipe.lora_scale)
@@ -272,10 +279,11 @@ class Generator:
             )
         held = {LORA_ADAPTER: self._lora, NEGATIVE_ADAPTER: self._negative_lora}
         stale = [n for n, s in held.items() if s.sha256 and (n not in wanted or wanted[n][1] != s.sha256)]
-        # another Generator on this pipe (a page's, a test's) may have left its LoRA under our names
+        # a name we load that is on the pipe but not ours was left by another Generator: it goes too.
+        # (Other adapters stay: export's check renders a plain recipe beside its own adapter on purpose.)
         loaded = {a for names in pipe.get_list_adapters().values() for a in names} if wanted else set()
-        stale += [n for n in wanted if not held[n].sha256 and n in loaded]
-        if stale:  # diffusers unloads every adapter at once: the ones still wanted are loaded again
+        if stale or (loaded & set(wanted)) - {n for n, st in held.items() if st.sha256}:
+            # diffusers unloads every adapter at once: the ones still wanted are loaded again
             pipe.unload_lora_weights()
             self._lora, self._negative_lora = _LoraState(), _LoraState()
             held = {LORA_ADAPTER: self._lora, NEGATIVE_ADAPTER: self._negative_lora}
@@ -334,8 +342,9 @@ class Generator:
 
     def release_lora(self) -> None:
         """Take any LoRA off the shared pipeline (before training on it)."""
-        if self._lora.sha256 or self._negative_lora.sha256:
-            self.model.pipe.unload_lora_weights()
+        pipe = self.model.pipe
+        if self._lora.sha256 or self._negative_lora.sha256 or any(pipe.get_list_adapters().values()):
+            pipe.unload_lora_weights()  # another Generator's too: training starts from the bare model
             self._lora, self._negative_lora = _LoraState(), _LoraState()
         self._lora_applied = ("", 1.0, "", 1.0)
         self._conditioner.clear()

@@ -131,6 +131,11 @@ def test_a_liked_lora_is_compared_on_the_positive_pass_by_default(store, demo_mo
     assert (measured_passes(store, str(liked)), measured_passes(store, str(wrong))) == ("positive", "negative")
     assert after_training_request(store, "kto-run", lora_passes="negative").lora_passes == "positive"
     assert after_training_request(store, "wrong-run", lora_passes="negative").lora_passes == "negative"
+    # a positive pass left on the page by a liked run is not a `wrong` run's after-training way
+    assert after_training_request(store, "wrong-run", lora_passes="positive").lora_passes == "negative"
+    # a run's own checkpoint file is judged by its run, not by metadata it does not carry
+    assert liked_lora(store, store.checkpoints("kto-run")[0]["path"])
+    assert not liked_lora(store, store.checkpoints("wrong-run")[0]["path"])
 
     # the CLI without --lora-passes: the liked run's columns on the positive pass, the prompt unchanged,
     # and a `wrong` run beside it by its id
@@ -143,6 +148,11 @@ def test_a_liked_lora_is_compared_on_the_positive_pass_by_default(store, demo_mo
     assert columns["two_loras"]["negative_lora_path"].endswith("wrong-run/checkpoints/step-000010.safetensors")
     assert columns["two_loras"]["negative_step"] == 10
     assert "wrong-run @10 1 on negative pass" in columns["two_loras"]["label"]
+    # a liked LoRA's sweep keeps the prompt unchanged too
+    r = cli("compare", "a", "--lora", "kto-run", "--scales", "0.5,1", "--count", "1", "--steps", "2",
+            "--home", home.root, "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    assert [(c["lora_passes"], c["with_token"]) for c in r.json["columns"]] == [("positive", False)] * 2
     r = cli("compare", "a", "--lora", str(wrong), "--count", "1", "--steps", "2", "--home", home.root, "--json")
     assert r.code == 0, r.err
     assert r.json["columns"][2]["lora_passes"] == "negative" and r.json["columns"][2]["with_token"]

@@ -11,8 +11,8 @@ from negalora.lora_passes import BOTH, NEGATIVE
 COLUMNS = {
     ev.BASE: {"key": "base"},
     ev.TOKEN_ONLY: {"key": "negative", "with_token": True},
-    ev.NEGATIVE_PASS: {"key": "lora", "lora_path": "x", "lora_passes": NEGATIVE, "step": 4},
-    ev.BOTH_PASSES: {"key": "lora_both", "lora_path": "x", "lora_passes": BOTH, "step": 4},
+    ev.NEGATIVE_PASS: {"key": "lora", "lora_path": "x", "lora_passes": NEGATIVE, "step": 4, "with_token": True},
+    ev.BOTH_PASSES: {"key": "lora_both", "lora_path": "x", "lora_passes": BOTH, "step": 4, "with_token": True},
 }
 
 
@@ -264,3 +264,15 @@ def _usage():
         comfy_lora_name="l.safetensors", workflow="l.comfyui.json", api_workflow="l.comfyui-api.json",
         workflow_form="positive_cond",
     )  # fmt: skip
+
+
+def test_a_column_is_a_way_only_with_the_token_its_kind_was_measured_with():
+    for way, column in COLUMNS.items():
+        assert ev.way_of(column) == way
+    for way, column in LIKED.items():
+        assert ev.way_of(column, liked=True) == way
+    # a `wrong` LoRA without its token, a liked one with a token: neither is a measured way
+    assert ev.way_of({**COLUMNS[ev.NEGATIVE_PASS], "with_token": False}) is None
+    assert ev.way_of({**LIKED[ev.POSITIVE_PASS], "with_token": True}, liked=True) is None
+    assert ev.way_of({**LIKED[ev.WITH_WRONG], "with_token": False}, liked=True) is None
+    assert ev.way_of(LIKED[ev.POSITIVE_PASS]) is None  # a positive-pass column of a `wrong` LoRA

@@ -126,11 +126,16 @@ def test_both_loras_are_recorded_and_regenerate_exactly(world, tmp_path):
 
 def test_a_second_generator_on_the_same_pipe_takes_over_the_adapters_left_behind(world):
     model, files, copies = world
-    _render(model, lora=str(files["right"]), lora_passes="positive", negative_lora=str(files["wrong"]))
+    pair = dict(lora=str(files["right"]), lora_passes="positive", negative_lora=str(files["wrong"]))
+    first, _ = _render(model, **pair)
     other = Generator(model)  # a page's or a worker's own, on the pipe the first one loaded its LoRAs into
     (recipe,) = other.plan(GenerateRequest(prompts=(PROMPT,), negative="wrong", seed=4, steps=5, guidance=4,
                                            lora=str(files["wrong"]), lora_passes="positive"))  # fmt: skip
     ours = np.asarray(other.render(recipe), dtype=np.int16)  # before: "adapter name already in use"
-    other.release_lora()
     assert np.abs(ours - _oracle(model, copies["base"].unet, copies["wrong"].unet, **CALL)).max() == 0
-    model.generator = Generator(model)  # the pipe is bare again: the first one's record is stale
+    # the first one knows its LoRAs were replaced: the same recipe again loads them again
+    again, _ = _render(model, **pair)
+    assert np.abs(again - first).max() == 0
+    other.release_lora()  # takes off what any Generator left: training starts from the bare model
+    assert not any(model.pipe.get_list_adapters().values())
+    model.generator.release_lora()

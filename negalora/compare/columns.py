@@ -43,6 +43,13 @@ def _lora_label(scale: float, passes: str, with_token: bool = True) -> str:
     return f"LoRA {scale:g} + negative" if with_token else f"LoRA {scale:g} on both passes"
 
 
+def _other_passes(passes: str, liked: bool) -> str:
+    """The fourth column's passes: both beside one pass; beside both, the kind's own pass."""
+    if passes != BOTH:
+        return BOTH
+    return POSITIVE if liked else NEGATIVE
+
+
 def three_way(
     lora_path: str,
     scale: float,
@@ -51,13 +58,14 @@ def three_way(
     negative_pass_column: bool,
     step=None,
     second: SecondLora | None = None,
+    liked: bool = False,
 ):
     """Woolf's three columns (base; negative token; LoRA + negative token), plus optionally the LoRA
     on the other passes, and with ``second`` the LoRA beside a second LoRA on the negative pass (with
-    the token). ``passes`` is how the third column applies the LoRA. A LoRA on the positive pass is
-    one of what is liked: its columns keep the prompt unchanged (no token), the way it was measured
+    the token). ``passes`` is how the third column applies the LoRA. The LoRA of what is liked
+    (``liked``: KTO, DPO, picks) keeps the prompt unchanged, no token, the way it was measured
     (docs/efficacy_preference.md)."""
-    with_token = passes != POSITIVE
+    with_token = not liked
     columns = [
         Column("base", "base", with_token=False),
         Column("negative", f"negative: {token}", with_token=True),
@@ -72,7 +80,7 @@ def three_way(
         ),
     ]
     if negative_pass_column:
-        other = NEGATIVE if passes == BOTH else BOTH  # a negative or positive LoRA beside both passes
+        other = _other_passes(passes, liked)
         columns.append(
             Column(
                 "lora_" + other,
@@ -102,13 +110,19 @@ def three_way(
     return columns
 
 
-def scale_sweep(lora_path: str, scales: tuple[float, ...], token: str, passes: str, step=None) -> list[Column]:
-    """A1111's X/Y plot over LoRA strength, every cell with the negative token."""
+def _pass_note(passes: str) -> str:
+    return f" ({passes} pass)" if passes in (NEGATIVE, POSITIVE) else ""
+
+
+def scale_sweep(
+    lora_path: str, scales: tuple[float, ...], token: str, passes: str, step=None, liked: bool = False
+) -> list[Column]:
+    """A1111's X/Y plot over LoRA strength, every cell with the negative token (a liked LoRA's without)."""
     return [
         Column(
             f"scale:{s:g}",
-            f"scale {s:g}" + (" (negative pass)" if passes == NEGATIVE else ""),
-            with_token=True,
+            f"scale {s:g}" + _pass_note(passes),
+            with_token=not liked,
             lora_path=lora_path,
             lora_scale=s,
             lora_passes=passes,
@@ -118,14 +132,18 @@ def scale_sweep(lora_path: str, scales: tuple[float, ...], token: str, passes: s
     ]
 
 
-def checkpoint_sweep(checkpoints: list[tuple[int, str]], scale: float, token: str, passes: str) -> list[Column]:
-    """The negative-token baseline, then one column per checkpoint (the last one is not always best)."""
-    columns = [Column("negative", f"negative: {token}", with_token=True)]
+def checkpoint_sweep(
+    checkpoints: list[tuple[int, str]], scale: float, token: str, passes: str, liked: bool = False
+) -> list[Column]:
+    """The negative-token baseline (a liked LoRA's: the base), then one column per checkpoint (the last
+    one is not always best)."""
+    first = Column("base", "base", with_token=False) if liked else Column("negative", f"negative: {token}", True)
+    columns = [first]
     columns += [
         Column(
             f"step:{step}",
-            f"step {step}" + (" (negative pass)" if passes == NEGATIVE else ""),
-            with_token=True,
+            f"step {step}" + _pass_note(passes),
+            with_token=not liked,
             lora_path=path,
             lora_scale=scale,
             lora_passes=passes,

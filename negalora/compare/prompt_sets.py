@@ -68,6 +68,12 @@ def liked_lora(store: Store, lora: str) -> bool:
     if path.suffix or path.exists():
         from negalora.safetensors_check import check_safetensors
 
+        try:  # a run's own checkpoint file: the run says
+            run_id = path.resolve().relative_to(store.home.runs.resolve()).parts[0]
+            return TrainConfig.from_dict(json.loads(store.run(run_id)["config"])).liked
+        except (ValueError, IndexError, NegaloraError):
+            pass
+
         try:
             learned = check_safetensors(path).metadata.get("negalora.learned_from", "rejects")
         except (NegaloraError, OSError):
@@ -88,7 +94,8 @@ def measured_passes(store: Store, lora: str) -> str:
 def after_training_request(store: Store, run_id: str, **settings) -> CompareRequest:
     """The comparison rendered after every training run: the run's model's default test set (at its
     CFG, where the set has one), three ways, on the run's newest checkpoint. A run of what is liked is
-    shown on the positive pass, where it measured best, whatever passes the settings name for `wrong` LoRAs."""
+    shown on the positive pass, where it measured best, whatever passes the settings name for `wrong` LoRAs
+    (and a `wrong` LoRA never there)."""
     model = store.run_model(run_id)
     prompt_set = ensure_default_set(store, model["source"] if model else "")
     checkpoints = store.checkpoints(run_id)
@@ -96,4 +103,6 @@ def after_training_request(store: Store, run_id: str, **settings) -> CompareRequ
         raise NegaloraError(f"run {run_id}: has no checkpoints yet")
     if liked_lora(store, run_id):
         settings["lora_passes"] = POSITIVE
+    elif settings.get("lora_passes") == POSITIVE:  # left there by a liked run: a `wrong` LoRA's is its own
+        settings["lora_passes"] = DEFAULT
     return CompareRequest(prompt_set=prompt_set["name"], lora=run_id, step=checkpoints[-1]["step"], **settings)

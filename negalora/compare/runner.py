@@ -20,7 +20,7 @@ from negalora.atomic import atomic_write_bytes
 from negalora.cancel import CancelToken
 from negalora.compare import columns as cols
 from negalora.compare.grid import grid_png_bytes, render_grid
-from negalora.compare.prompt_sets import after_training_request
+from negalora.compare.prompt_sets import after_training_request, liked_lora
 from negalora.errors import Cancelled, NegaloraError
 from negalora.generate import GenerateRequest, Generator, with_init_image
 from negalora.lora_passes import NEGATIVE, check_lora_passes
@@ -129,17 +129,27 @@ def resolve_second(store: Store, request: CompareRequest, source: LoraSource) ->
     return second
 
 
-def make_columns(request: CompareRequest, source: LoraSource, second: LoraSource | None = None) -> list[cols.Column]:
+def make_columns(
+    request: CompareRequest, source: LoraSource, second: LoraSource | None = None, liked: bool = False
+) -> list[cols.Column]:
+    """``liked``: the LoRA is one of what is liked (KTO, DPO, picks), drawn with the prompt unchanged."""
     if request.kind == THREE_WAY:
         beside = None
         if second is not None:
             name = _second_name(request, second)
             beside = cols.SecondLora(second.path, request.negative_lora_scale, second.step, name)
         return cols.three_way(
-            source.path, request.scale, request.token, request.lora_passes, request.extra_column, source.step, beside
+            source.path,
+            request.scale,
+            request.token,
+            request.lora_passes,
+            request.extra_column,
+            source.step,
+            beside,
+            liked,
         )
     if request.kind == SCALE_SWEEP:
-        return cols.scale_sweep(source.path, request.scales, request.token, request.lora_passes, source.step)
+        return cols.scale_sweep(source.path, request.scales, request.token, request.lora_passes, source.step, liked)
     if not source.run_id:
         raise NegaloraError("a checkpoint sweep needs a training run, not a LoRA file")
     kept = dict(source.checkpoints)
@@ -147,7 +157,9 @@ def make_columns(request: CompareRequest, source: LoraSource, second: LoraSource
     missing = [s for s in steps if s not in kept]
     if missing:
         raise NegaloraError(f"run {source.run_id}: no kept checkpoint at step {missing[0]}")
-    return cols.checkpoint_sweep([(s, kept[s]) for s in steps], request.scale, request.token, request.lora_passes)
+    return cols.checkpoint_sweep(
+        [(s, kept[s]) for s in steps], request.scale, request.token, request.lora_passes, liked
+    )
 
 
 def check_compare_request(request: CompareRequest) -> None:
@@ -244,7 +256,7 @@ def run_comparison(
     second = resolve_second(store, request, source)
     if second is not None:
         _check_base_model(store, second, generator)
-    columns = make_columns(request, source, second)
+    columns = make_columns(request, source, second, liked_lora(store, request.lora))
     one_prompt = tuple(p for p in request.prompts if p.strip())[:1]
     inits = [
         with_init_image(store, GenerateRequest(prompts=one_prompt, init_image=spec, strength=request.strength))

@@ -57,13 +57,15 @@ def way_of(column: dict, liked: bool = False) -> str | None:
     """The way a comparison column used the LoRA; None where it is none of the ways described (a
     second LoRA beside a `wrong` one, a liked LoRA on the negative pass)."""
     passes, second = str(column.get("lora_passes", BOTH)), bool(column.get("negative_lora_path"))
+    token = bool(column.get("with_token"))
     if not column.get("lora_path"):
-        return None if second else TOKEN_ONLY if column.get("with_token") else BASE
+        return None if second else TOKEN_ONLY if token else BASE
     if liked:
         if second:
-            return WITH_WRONG if passes == POSITIVE else None
-        return {POSITIVE: POSITIVE_PASS, BOTH: BOTH_PASSES}.get(passes)
-    if second:
+            return WITH_WRONG if passes == POSITIVE and token else None
+        # measured with the prompt unchanged: a column with the token is another way
+        return None if token else {POSITIVE: POSITIVE_PASS, BOTH: BOTH_PASSES}.get(passes)
+    if second or not token:  # a `wrong` LoRA is a way only beside its token
         return None
     return {NEGATIVE: NEGATIVE_PASS, BOTH: BOTH_PASSES}.get(passes)
 

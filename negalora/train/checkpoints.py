@@ -131,8 +131,8 @@ def write(
 def validate(run: "TrainingRun", unet, step: int, *, model: "LoadedModel", emit: Callable[[dict], None]) -> None:
     """Render the fixed test prompts with ``wrong`` as the negative, on the LoRA as it stands, the
     way the run says (the negative pass by default) at the CFG its comparisons use. A LoRA of what
-    is liked is shown the way it is used: a picks LoRA with its token in the prompt, a KTO or DPO
-    one on the prompt alone; neither with the token as the negative."""
+    is liked (KTO, DPO, picks) is shown the way it measured best: on the positive pass (the trainer's
+    default for it), the prompt alone, no negative."""
     config = run.config
     if not config.validation_prompts or config.validation_steps < 1:
         return
@@ -196,7 +196,7 @@ def render(
     passes: str = "both",
 ):
     """One image from the pipeline as it stands: with the LoRA attached on both passes, or with
-    ``negative_pass`` on the negative pass only (the app's own code for it). The class images of
+    ``passes`` "negative" or "positive" on that pass only (the app's own code for it). The class images of
     prior preservation are made with it too, before the LoRA is attached."""
     from negalora.generate import split_conditioning
     from negalora.lora_passes import negative_pass, positive_pass
