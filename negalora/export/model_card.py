@@ -266,6 +266,13 @@ def _comfyui(e: ev.Evidence, u: Usage, fmt: str, token: str) -> str:
     return _leave_out(e) + "\n\n".join(lines)
 
 
+def _trained_modules(c) -> str:
+    targets = "UNet attention (to_q, to_k, to_v, to_out.0)" + (" and feed-forward" if c.feed_forward else "")
+    if c.train_text_encoder:
+        targets += "; both text encoders' attention (q, k, v, out proj)"
+    return targets
+
+
 def model_card(
     *,
     name: str,
@@ -282,9 +289,7 @@ def model_card(
 ) -> str:
     c = source.config
     token = c.token
-    targets = "UNet attention (to_q, to_k, to_v, to_out.0)" + (" and feed-forward" if c.feed_forward else "")
-    if c.train_text_encoder:
-        targets += "; both text encoders' attention (q, k, v, out proj)"
+    targets = _trained_modules(c)
     reasons = ", with reason tags" if c.captions_with_reasons else ""
     tags = json.loads(metadata.get("ss_tag_frequency", "{}")).get("rejects", {})
     grid = _grid(grid_name)
@@ -593,9 +598,7 @@ def liked_model_card(
     from negalora.export.metadata import learned_from
 
     c = source.config
-    targets = "UNet attention (to_q, to_k, to_v, to_out.0)" + (" and feed-forward" if c.feed_forward else "")
-    if c.train_text_encoder:
-        targets += "; both text encoders' attention (q, k, v, out proj)"
+    targets = _trained_modules(c)
     lora_name = Path(file_name).stem if fmt == "kohya" else name
     objective = {"kto": "Diffusion-KTO (Li et al. 2024)", "dpo": "Diffusion-DPO (Wallace et al. 2023)"}.get(
         c.objective, "DreamBooth on the picks"

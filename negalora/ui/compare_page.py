@@ -337,15 +337,15 @@ class ComparePage(QWidget):
         current = self.source.currentData()
         self.source.blockSignals(True)
         self.source.clear()
-        for run in self.store.runs():
-            if self.store.checkpoints(run["id"]):
-                self.source.addItem(f"{run['id']} · {run['status']} · {run['images']} images", run["id"])
+        compared = [run for run in self.store.runs() if self.store.checkpoints(run["id"])]
+        for run in compared:
+            self.source.addItem(f"{run['id']} · {run['status']} · {run['images']} images", run["id"])
         self.source.addItem("A LoRA file…", FILE_SOURCE)
         typed = self.second.currentText()
         self.second.clear()
         self.second.addItem(NO_SECOND)
         wrong_first = sorted(
-            (r["id"] for r in self.store.runs() if self.store.checkpoints(r["id"])),
+            (run["id"] for run in compared),
             key=lambda run_id: liked_lora(self.store, run_id),  # `wrong` runs first: what goes on the negative pass
         )
         self.second.addItems(wrong_first)
